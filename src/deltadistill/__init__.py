@@ -1,0 +1,1 @@
+"""deltadistill: Delta Distillation for video CNNs."""
