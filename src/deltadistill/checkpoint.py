@@ -1,0 +1,135 @@
+"""`save` / `load`: students, gates and config as safetensors + JSON (never pickle).
+
+A checkpoint is a directory holding ``students.safetensors`` and ``deltadistill.json``. The
+teacher's weights are not stored (the user has the teacher) unless it was fine-tuned. Loading
+checks, layer by layer, that the checkpoint was made for this teacher's architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import DeltaConfig
+from .convert import _replace, convert
+from .layer import DeltaConv2d, DeployedDeltaConv2d
+from .modes import delta_layers
+
+FORMAT = "deltadistill/1"
+WEIGHTS, META = "students.safetensors", "deltadistill.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, or made for another model."""
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write through ``write(tmp_path)`` then rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _layer_meta(layer: nn.Module) -> dict[str, Any]:
+    if isinstance(layer, DeployedDeltaConv2d):
+        return {"students": [layer.student_name], "deployed": layer.student_name}
+    assert isinstance(layer, DeltaConv2d)
+    return {"students": layer.student_names, "deployed": None}
+
+
+def save(model: nn.Module, path: str | Path, include_teacher: bool = False, extra: dict | None = None) -> Path:
+    """Store the delta layers of ``model`` in directory ``path`` (created if needed)."""
+    path = Path(path)
+    report = getattr(model, "delta_report", None)
+    if report is None:
+        raise ValueError("model was not converted with deltadistill.convert")
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, Any] = {}
+    for name, layer in delta_layers(model):
+        meta = _layer_meta(layer)
+        meta["teacher_weight"] = list(layer.base.weight.shape)
+        layers[name] = meta
+        for k, v in layer.state_dict().items():
+            if include_teacher or not k.startswith("base."):
+                tensors[f"{name}.{k}"] = v.detach().cpu().contiguous().clone()
+    meta = {"format": FORMAT, "config": report.config.to_json(), "layers": layers,
+            "include_teacher": include_teacher, "extra": extra or {}}
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write(path / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    atomic_write(path / META, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not (path / META).is_file() or not (path / WEIGHTS).is_file():
+        raise CheckpointError(f"{path} is not a deltadistill checkpoint (needs {META} and {WEIGHTS})")
+    try:
+        meta = json.loads((path / META).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path / META} is corrupt: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path / META} is not in format {FORMAT}")
+    return meta
+
+
+def load(teacher: nn.Module, path: str | Path) -> nn.Module:
+    """Convert ``teacher`` as the checkpoint was, then load its students and gates (in place)."""
+    path = Path(path)
+    meta = read_meta(path)
+    layers: dict[str, Any] = meta["layers"]
+    modules = dict(teacher.named_modules())
+    for name, info in layers.items():
+        m = modules.get(name)
+        if not isinstance(m, nn.Conv2d):
+            raise CheckpointError(f"checkpoint {path} was made for another architecture: the model has no "
+                                  f"Conv2d named {name!r}")
+        if list(m.weight.shape) != info["teacher_weight"]:
+            raise CheckpointError(f"checkpoint {path} was made for another architecture: layer {name!r} has "
+                                  f"weight {list(m.weight.shape)}, checkpoint expects {info['teacher_weight']}")
+    try:
+        tensors = load_file(str(path / WEIGHTS))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path / WEIGHTS} is corrupt: {e}") from e
+    config = DeltaConfig.from_json(meta["config"])
+    config.targets = list(layers)
+    convert(teacher, config)
+    for name, layer in delta_layers(teacher):
+        info = layers[name]
+        if layer.student_names != info["students"]:
+            raise CheckpointError(f"layer {name!r}: checkpoint has students {info['students']}, "
+                                  f"this model's conversion gives {layer.student_names}")
+        if info["deployed"]:
+            _replace(teacher, name, DeployedDeltaConv2d(layer.base, layer.students[info["deployed"]],
+                                                        info["deployed"]))
+    state = {}
+    for name, layer in delta_layers(teacher):
+        for k, v in layer.state_dict().items():
+            if meta["include_teacher"] or not k.startswith("base."):
+                state[f"{name}.{k}"] = v
+    expected = set(state)
+    missing, unexpected = expected - tensors.keys(), tensors.keys() - expected
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not fit this model: missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]}")
+    for k, v in tensors.items():
+        if state[k].shape != v.shape:
+            raise CheckpointError(f"checkpoint tensor {k} has shape {tuple(v.shape)}, model has {tuple(state[k].shape)}")
+    teacher.load_state_dict(tensors, strict=False)
+    if any(info["deployed"] for info in layers.values()):
+        teacher.eval().requires_grad_(False)
+    return teacher

@@ -1,0 +1,115 @@
+"""`DeltaConfig`: what to convert and which students to offer, as one dataclass (torchao style)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Union
+
+from torch import nn
+
+TargetSpec = Union[
+    None,
+    type,
+    str,
+    Callable[[str, nn.Module], bool],
+    Sequence[Union[type, str]],
+]
+
+
+@dataclass
+class DeltaConfig:
+    """How to turn a per-frame network into a delta-distilled one.
+
+    student: ``"search"`` lets a per-layer Gumbel gate choose among ``candidates``; any other
+        registered student name (``"compressed"``, ``"full"``, ...) uses that student everywhere.
+    reduction: channel reduction gamma of the compressed student's bottleneck.
+    policy: bottleneck width ``min(Cin, Cout) / gamma`` (``"min"``) or ``Cout / gamma`` (``"out"``).
+    targets: which layers to convert. ``None`` means every ``nn.Conv2d`` except the model's first
+        and last; otherwise a type, a name regex, a sequence of those, or ``fn(name, module) -> bool``.
+        Layers named explicitly (by exact name or type) that cannot be converted raise an error.
+    candidates: the students the gate chooses between when ``student == "search"``.
+    """
+
+    student: str = "search"
+    reduction: int = 4
+    policy: Literal["min", "out"] = "min"
+    targets: TargetSpec = None
+    candidates: tuple[str, ...] = ("compressed", "full")
+    gate_init: float = 0.0
+    tau: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from .students import STUDENTS
+
+        if self.reduction < 1:
+            raise ValueError(f"DeltaConfig.reduction must be >= 1, got {self.reduction}")
+        if self.policy not in ("min", "out"):
+            raise ValueError(f"DeltaConfig.policy must be 'min' or 'out', got {self.policy!r}")
+        names = list(self.candidates) if self.student == "search" else [self.student]
+        unknown = [n for n in names if n not in STUDENTS]
+        if unknown:
+            raise ValueError(f"unknown student(s) {unknown}; registered: {sorted(STUDENTS)}")
+        if self.student == "search" and len(self.candidates) < 2:
+            raise ValueError("student='search' needs at least two candidates")
+        self.candidates = tuple(self.candidates)
+
+    @property
+    def student_names(self) -> tuple[str, ...]:
+        """The students each converted layer holds."""
+        return self.candidates if self.student == "search" else (self.student,)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able form; callable or type targets are stored by description only."""
+        d = asdict(self)
+        d["candidates"] = list(self.candidates)
+        t = self.targets
+        if t is None or isinstance(t, str):
+            d["targets"] = t
+        elif isinstance(t, type):
+            d["targets"] = {"type": t.__name__}
+        elif isinstance(t, Sequence) and all(isinstance(x, str) for x in t):
+            d["targets"] = list(t)
+        else:
+            d["targets"] = {"repr": repr(t)}
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DeltaConfig:
+        d = dict(d)
+        d["candidates"] = tuple(d.get("candidates", ("compressed", "full")))
+        if isinstance(d.get("targets"), dict):
+            d["targets"] = None  # conversion is replayed from the stored layer list instead
+        return cls(**d)
+
+
+def match_target(spec: TargetSpec, name: str, module: nn.Module) -> bool:
+    """True if ``module`` (called ``name`` in the model) is selected by ``spec``."""
+    if spec is None:
+        return isinstance(module, nn.Conv2d)
+    if isinstance(spec, type):
+        return isinstance(module, spec)
+    if isinstance(spec, str):
+        return re.fullmatch(spec, name) is not None
+    if callable(spec):
+        return bool(spec(name, module))
+    return any(match_target(s, name, module) for s in spec)
+
+
+def explicitly_named(spec: TargetSpec, name: str, module: nn.Module) -> bool:
+    """True if the user asked for this exact layer (by exact name or by its exact type).
+
+    Such a layer must be converted or rejected loudly; a layer merely caught by a broad pattern
+    is skipped with a reason instead.
+    """
+    if spec is None or callable(spec) and not isinstance(spec, (type, str, Sequence)):
+        return False
+    if isinstance(spec, type):
+        return type(module) is spec
+    if isinstance(spec, str):
+        return spec == name
+    if isinstance(spec, Sequence):
+        return any(explicitly_named(s, name, module) for s in spec)
+    return False

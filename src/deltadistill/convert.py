@@ -1,0 +1,108 @@
+"""`convert(model, config)`: swap targeted convs for `DeltaConv2d` in place, PEFT/torchao style."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .config import DeltaConfig, explicitly_named, match_target
+from .layer import DeltaConv2d
+from .students import STUDENTS, Student
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer the user named explicitly can't be converted."""
+
+
+@dataclass
+class LayerRecord:
+    """What conversion did with one candidate layer, and why."""
+
+    name: str
+    kind: str
+    converted: bool
+    students: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass
+class ConversionReport:
+    """The record of a conversion, kept on the model as ``model.delta_report``."""
+
+    config: DeltaConfig
+    layers: list[LayerRecord]
+
+    @property
+    def converted(self) -> list[str]:
+        return [r.name for r in self.layers if r.converted]
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return {r.name: r.reason for r in self.layers if not r.converted}
+
+
+def _describe(m: nn.Module) -> str:
+    if isinstance(m, nn.Conv2d):
+        kh, kw = m.kernel_size
+        g = "" if m.groups == 1 else (" dw" if m.groups == m.in_channels else f" g{m.groups}")
+        return f"Conv2d {m.in_channels}->{m.out_channels} {kh}x{kw}/{m.stride[0]}{g}"
+    return type(m).__name__
+
+
+def _plan_layer(name: str, m: nn.Module, config: DeltaConfig) -> LayerRecord:
+    if not isinstance(m, nn.Conv2d):
+        return LayerRecord(name, _describe(m), False, reason=f"{type(m).__name__} is not a Conv2d")
+    reasons, ok = [], []
+    for sname in config.student_names:
+        why = STUDENTS[sname].unsupported_reason(m, config)
+        (reasons.append(f"{sname}: {why}") if why else ok.append(sname))
+    if not ok:
+        return LayerRecord(name, _describe(m), False, reason="; ".join(reasons))
+    if config.student == "search" and ok == ["full"]:
+        reasons.append("only the full student applies, and the plain teacher conv is exact and cheaper")
+        return LayerRecord(name, _describe(m), False, reason="; ".join(reasons))
+    return LayerRecord(name, _describe(m), True, ok, "; ".join(reasons))
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def convert(model: nn.Module, config: DeltaConfig | None = None) -> nn.Module:
+    """Replace each targeted ``nn.Conv2d`` of ``model`` with a `DeltaConv2d`, in place.
+
+    By default every Conv2d except the first and last (in registration order) is targeted.
+    Returns the same model, with ``model.delta_report`` listing converted and skipped layers.
+    """
+    config = config or DeltaConfig()
+    if any(isinstance(m, DeltaConv2d) for m in model.modules()):
+        raise ValueError("model is already converted")
+    named = [(n, m) for n, m in model.named_modules() if n]
+    if config.targets is None:
+        convs = [n for n, m in named if isinstance(m, nn.Conv2d)]
+        edge = {convs[0], convs[-1]} if convs else set()
+        chosen = [(n, m) for n, m in named if isinstance(m, nn.Conv2d) and n not in edge]
+        records = [LayerRecord(n, _describe(m), False, reason="first/last conv is kept dense by default")
+                   for n, m in named if n in edge]
+    else:
+        chosen = [(n, m) for n, m in named if match_target(config.targets, n, m)]
+        # a container matched by a pattern is not itself a layer to convert; its convs may be
+        chosen = [(n, m) for n, m in chosen if not (list(m.children()) and not isinstance(m, nn.Conv2d))]
+        records = []
+        if not chosen:
+            raise ValueError(f"targets {config.targets!r} matched no layer of the model")
+    for name, m in chosen:
+        rec = _plan_layer(name, m, config)
+        if not rec.converted and explicitly_named(config.targets, name, m):
+            raise UnsupportedLayerError(f"cannot convert layer {name!r} ({rec.kind}): {rec.reason}")
+        records.append(rec)
+        if rec.converted:
+            students: dict[str, Student] = {s: STUDENTS[s].from_teacher(m, config) for s in rec.students}
+            _replace(model, name, DeltaConv2d(m, students, config.tau, config.gate_init))
+    order = {n: i for i, (n, _) in enumerate(named)}
+    records.sort(key=lambda r: order.get(r.name, 0))
+    model.delta_report = ConversionReport(config, records)
+    return model

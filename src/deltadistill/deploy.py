@@ -1,0 +1,27 @@
+"""`deploy(model)`: freeze each gate to its hard choice and drop everything else."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .convert import _replace
+from .layer import DeltaConv2d, DeployedDeltaConv2d
+from .modes import delta_layers
+
+
+def deploy(model: nn.Module) -> nn.Module:
+    """Turn every `DeltaConv2d` into a `DeployedDeltaConv2d` holding only its chosen student.
+
+    In place; returns the model in eval mode with gradients off. Its stream outputs match the
+    undeployed model's to float tolerance.
+    """
+    layers = [(n, m) for n, m in delta_layers(model) if isinstance(m, DeltaConv2d)]
+    if not layers:
+        raise ValueError("nothing to deploy: the model has no trainable delta layers")
+    for name, layer in layers:
+        choice = layer.chosen()
+        new = DeployedDeltaConv2d(layer.base, layer.students[choice], choice)
+        new.mode, new.in_hw = layer.mode, layer.in_hw
+        _replace(model, name, new)
+    model.eval().requires_grad_(False)
+    return model

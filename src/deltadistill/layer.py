@@ -1,0 +1,229 @@
+"""The wrapper layers that replace a teacher conv: trainable (`DeltaConv2d`) and deployed.
+
+Modes (set for a whole model with `deltadistill.modes.set_mode`):
+
+- ``teacher``: the frozen teacher conv, nothing else.
+- ``clip``: training. The batch holds ``N*T`` frames, clip by clip, the first of each clip its
+  keyframe. Output frame ``t`` is ``z_k + g(x_t - x_k)``. The layer keeps ``last_pred_delta``
+  and, if ``record_true_delta``, the teacher's own ``last_true_delta = W(x_t - x_k) = z_t - z_k``
+  on the same input, for the distillation loss.
+- ``stream``: inference, one frame per stream at a time, with state held in a cache dict that
+  `DeltaStream` binds before each call (so two streams over one model never share state).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .gate import GumbelGate
+from .geometry import ConvGeometry
+from .students import Student
+
+MODES = ("teacher", "clip", "stream")
+
+
+class DeltaLayer(nn.Module):
+    """Common state of trainable and deployed delta layers."""
+
+    base: nn.Conv2d
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mode = "teacher"
+        self.clip_len = 1
+        self.cache: dict[str, Any] | None = None
+        self.key: bool | Tensor = True
+        self.in_hw: tuple[int, int] | None = None
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}"
+
+    def teacher_macs(self, in_hw: tuple[int, int] | None = None) -> int:
+        return ConvGeometry.of(self.base).macs(in_hw or self._hw())
+
+    def _hw(self) -> tuple[int, int]:
+        if self.in_hw is None:
+            raise RuntimeError("layer has not seen an input yet: run one forward pass (count_macs does)")
+        return self.in_hw
+
+    def _cache(self) -> dict[str, Any]:
+        if self.cache is None:
+            raise RuntimeError("stream mode needs state: run frames through deltadistill.DeltaStream")
+        return self.cache
+
+    def _key_split(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """Indices of key and delta frames in the batch, or None when all are one kind."""
+        key = self.key
+        if isinstance(key, bool):
+            return (None, None) if key else (None, torch.empty(0))
+        if bool(key.all()):
+            return None, None
+        if not bool(key.any()):
+            return None, torch.empty(0)
+        return key.nonzero().squeeze(1), (~key).nonzero().squeeze(1)
+
+
+class DeltaConv2d(DeltaLayer):
+    """A frozen teacher conv plus its students and, when there are several, a gate to choose.
+
+    Like a PEFT wrapper, it holds the base layer untouched, so teacher mode is exact.
+    """
+
+    def __init__(self, base: nn.Conv2d, students: dict[str, Student], tau: float = 1.0,
+                 gate_init: float = 0.0) -> None:
+        super().__init__()
+        if not students:
+            raise ValueError("DeltaConv2d needs at least one student")
+        self.base = base
+        self.base.requires_grad_(False)
+        self.students = nn.ModuleDict(students)
+        self.gate = GumbelGate(len(students), gate_init) if len(students) > 1 else None
+        self.tau = tau
+        self.record_true_delta = False
+        self.last_pred_delta: Tensor | None = None
+        self.last_true_delta: Tensor | None = None
+        self.last_gate: Tensor | None = None
+
+    @property
+    def student_names(self) -> list[str]:
+        return list(self.students.keys())
+
+    def chosen(self) -> str:
+        """The student a deployed model would keep (the gate's most probable choice)."""
+        names = self.student_names
+        return names[self.gate.choice()] if self.gate is not None else names[0]
+
+    def gate_probs(self) -> Tensor:
+        if self.gate is None:
+            return torch.ones(1)
+        return self.gate.probs()
+
+    def student_macs(self, in_hw: tuple[int, int] | None = None) -> dict[str, int]:
+        hw = in_hw or self._hw()
+        return {n: s.macs(hw) for n, s in self.students.items()}
+
+    def predict_delta(self, delta: Tensor) -> Tensor:
+        """g(delta): the chosen student in eval, a straight-through gated sample in training."""
+        if self.gate is None:
+            return next(iter(self.students.values()))(delta)
+        weights = self.gate(self.tau)
+        self.last_gate = weights
+        if not self.training:
+            return self.students[self.chosen()](delta)
+        out: Tensor | None = None
+        for w, student in zip(weights, self.students.values(), strict=True):
+            y = w * student(delta) if not student.is_zero else None
+            if y is not None:
+                out = y if out is None else out + y
+        if out is None:  # every candidate is a zero student
+            out = self.teacher_linear(delta).detach() * 0
+        return out
+
+    def teacher_linear(self, delta: Tensor) -> Tensor:
+        """The teacher's weight applied without bias: the true delta ``W(x_t - x_k)``."""
+        return self.base._conv_forward(delta, self.base.weight, None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.in_hw = (x.shape[-2], x.shape[-1])
+        if self.mode == "teacher":
+            return self.base(x)
+        if self.mode == "clip":
+            return self._clip(x)
+        if self.mode == "stream":
+            return self._stream(x)
+        raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
+
+    def _clip(self, x: Tensor) -> Tensor:
+        t = self.clip_len
+        if x.shape[0] % t:
+            raise ValueError(f"clip mode: batch of {x.shape[0]} frames is not a multiple of clip length {t}")
+        n = x.shape[0] // t
+        xs = x.view(n, t, *x.shape[1:])
+        xk = xs[:, 0]
+        zk = self.base(xk)
+        if t == 1:
+            return zk
+        delta = (xs[:, 1:] - xk.unsqueeze(1)).flatten(0, 1)
+        pred = self.predict_delta(delta)
+        self.last_pred_delta = pred
+        if self.record_true_delta:
+            with torch.no_grad():
+                self.last_true_delta = self.teacher_linear(delta)
+        rest = zk.unsqueeze(1) + pred.view(n, t - 1, *pred.shape[1:])
+        return torch.cat([zk.unsqueeze(1), rest], 1).flatten(0, 1)
+
+    def _stream(self, x: Tensor) -> Tensor:
+        cache = self._cache()
+        key_idx, delta_idx = self._key_split(x)
+        if key_idx is None and delta_idx is None:  # all keyframes
+            z = self.base(x)
+            cache["x"], cache["z"] = x.clone(), z.clone()  # clone: later in-place ops must not touch the cache
+            return z
+        if "x" not in cache:
+            raise RuntimeError("delta frame before any keyframe: the first frame of a stream must be a keyframe")
+        if cache["x"].shape != x.shape:
+            raise ValueError(f"frame shape changed mid-stream: keyframe features {tuple(cache['x'].shape)}, "
+                             f"now {tuple(x.shape)}; call reset() before changing resolution or batch")
+        if key_idx is None:  # all delta frames
+            return cache["z"] + self.predict_delta(x - cache["x"])
+        z = torch.empty_like(cache["z"])
+        zk_new = self.base(x[key_idx])
+        z[key_idx] = zk_new
+        cache["x"][key_idx] = x[key_idx]
+        cache["z"][key_idx] = zk_new
+        z[delta_idx] = cache["z"][delta_idx] + self.predict_delta(x[delta_idx] - cache["x"][delta_idx])
+        return z
+
+
+class DeployedDeltaConv2d(DeltaLayer):
+    """The inference form: one student, no gate, and only ``c = z_k - g(x_k)`` kept per stream.
+
+    A delta frame then costs ``g(x_t)`` plus one add, with no stored input and no subtraction of
+    full feature maps.
+    """
+
+    def __init__(self, base: nn.Conv2d, student: Student, student_name: str) -> None:
+        super().__init__()
+        self.base = base
+        self.student = student
+        self.student_name = student_name
+
+    def student_macs(self, in_hw: tuple[int, int] | None = None) -> dict[str, int]:
+        return {self.student_name: self.student.macs(in_hw or self._hw())}
+
+    def chosen(self) -> str:
+        return self.student_name
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.in_hw = (x.shape[-2], x.shape[-1])
+        if self.mode == "teacher":
+            return self.base(x)
+        if self.mode != "stream":
+            raise ValueError(f"a deployed layer runs in 'teacher' or 'stream' mode, not {self.mode!r}")
+        cache = self._cache()
+        key_idx, delta_idx = self._key_split(x)
+        if key_idx is None and delta_idx is None:
+            z = self.base(x)
+            cache["c"] = z if self.student.is_zero else z - self.student(x)
+            cache["shape"] = x.shape
+            return z.clone() if self.student.is_zero else z
+        if "c" not in cache:
+            raise RuntimeError("delta frame before any keyframe: the first frame of a stream must be a keyframe")
+        if cache["shape"] != x.shape:
+            raise ValueError(f"frame shape changed mid-stream: keyframe features {tuple(cache['shape'])}, "
+                             f"now {tuple(x.shape)}; call reset() before changing resolution or batch")
+        c = cache["c"]
+        if key_idx is None:
+            if self.student.is_zero:
+                return c.clone()
+            y = self.student(x)
+            return y.add_(c)
+        z = torch.empty_like(c)
+        zk = self.base(x[key_idx])
+        z[key_idx] = zk
+        c[key_idx] = zk if self.student.is_zero else zk - self.student(x[key_idx])
+        z[delta_idx] = c[delta_idx] if self.student.is_zero else self.student(x[delta_idx]) + c[delta_idx]
+        return z

@@ -1,0 +1,97 @@
+"""Frame-by-frame inference with cached keyframe state, under a pluggable keyframe policy."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from .modes import delta_layers, set_mode
+
+
+class KeyframePolicy(Protocol):
+    """Decides, per stream in the batch, whether a frame is a keyframe."""
+
+    def reset(self) -> None: ...
+
+    def __call__(self, step: int, frame: Tensor) -> bool | Tensor: ...
+
+
+class EveryK:
+    """A keyframe every ``k`` frames (frame 0, k, 2k, ...): the paper's policy."""
+
+    def __init__(self, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"keyframe interval must be >= 1, got {k}")
+        self.k = k
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, step: int, frame: Tensor) -> bool:
+        return step % self.k == 0
+
+    def __repr__(self) -> str:
+        return f"EveryK({self.k})"
+
+
+class DeltaStream:
+    """Runs a converted (or deployed) model over a batch of independent video streams.
+
+    Each call takes one frame per stream, ``(B, C, H, W)``. The stream owns its cached state, so
+    several streams can share one model without seeing each other's keyframes.
+    """
+
+    def __init__(self, model: nn.Module, keyframe: KeyframePolicy | int = 4) -> None:
+        self.model = model
+        self.policy: KeyframePolicy = EveryK(keyframe) if isinstance(keyframe, int) else keyframe
+        self.layers = [layer for _, layer in delta_layers(model)]
+        if not self.layers:
+            raise ValueError("model has no delta layers: call deltadistill.convert(model, config) first")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all cached state: the next frame is a keyframe."""
+        self.step = 0
+        self.shape: torch.Size | None = None
+        self.caches: list[dict] = [{} for _ in self.layers]
+        self.last_key: Tensor | bool = True
+        self.policy.reset()
+
+    def _check(self, frame: Tensor) -> None:
+        if not isinstance(frame, Tensor) or frame.dim() != 4:
+            got = tuple(frame.shape) if isinstance(frame, Tensor) else type(frame).__name__
+            raise ValueError(f"DeltaStream expects one frame per stream as a (B, C, H, W) tensor, got {got}")
+        if self.shape is not None and frame.shape != self.shape:
+            raise ValueError(f"frame shape changed mid-stream at step {self.step}: expected {tuple(self.shape)}, "
+                             f"got {tuple(frame.shape)}; call reset() to start a new stream")
+
+    def key_mask(self, frame: Tensor) -> bool | Tensor:
+        if self.step == 0:
+            return True
+        key = self.policy(self.step, frame)
+        if isinstance(key, Tensor):
+            key = key.to(torch.bool).reshape(-1)
+            if key.numel() != frame.shape[0]:
+                raise ValueError(f"keyframe policy gave {key.numel()} decisions for a batch of {frame.shape[0]}")
+            if bool(key.all()) or not bool(key.any()):
+                key = bool(key.all())
+        return bool(key) if not isinstance(key, Tensor) else key
+
+    @torch.no_grad()
+    def __call__(self, frame: Tensor):
+        self._check(frame)
+        key = self.key_mask(frame)
+        set_mode(self.model, "stream")
+        for layer, cache in zip(self.layers, self.caches, strict=True):
+            layer.cache, layer.key = cache, key
+        try:
+            out = self.model(frame)
+        finally:
+            for layer in self.layers:
+                layer.cache = None
+        self.shape = frame.shape
+        self.last_key = key
+        self.step += 1
+        return out

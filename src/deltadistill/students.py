@@ -1,0 +1,162 @@
+"""Students: cheap linear maps that approximate a teacher conv applied to a feature *delta*.
+
+A student is one small class registered by name. Everything else (conversion, the gate search,
+the MAC counter, deploy, save/load) works through the `Student` interface, so a new kind of
+student needs no change anywhere else.
+
+Every student must be *linear* and bias-free: ``g(a) - g(b) == g(a - b)``. Deploy relies on it to
+keep only ``c = z_k - g(x_k)`` at a keyframe and compute ``z_t = c + g(x_t)`` afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .geometry import ConvGeometry, explicit_pad
+
+if TYPE_CHECKING:
+    from .config import DeltaConfig
+
+STUDENTS: dict[str, type[Student]] = {}
+
+# Spatial size used to decide, at conversion time, whether a student is cheaper than its teacher.
+NOMINAL_HW = (128, 128)
+
+
+def register_student(cls: type[Student]) -> type[Student]:
+    """Class decorator: make a student available to `DeltaConfig` by its ``name``."""
+    STUDENTS[cls.name] = cls
+    return cls
+
+
+class Student(nn.Module):
+    """Base class. Subclasses set ``name`` and implement the four methods below."""
+
+    name: ClassVar[str]
+    #: True for a student whose output is always zero (the layer then skips calling it).
+    is_zero: ClassVar[bool] = False
+
+    @classmethod
+    def unsupported_reason(cls, conv: nn.Conv2d, config: DeltaConfig) -> str | None:
+        """Why this student can't (or shouldn't) replace ``conv``; None if it can."""
+        return None
+
+    @classmethod
+    def from_teacher(cls, conv: nn.Conv2d, config: DeltaConfig) -> Student:
+        raise NotImplementedError
+
+    def forward(self, delta: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def macs(self, in_hw: tuple[int, int]) -> int:
+        """Exact multiply-accumulates for one image of spatial size ``in_hw``."""
+        raise NotImplementedError
+
+
+@register_student
+class FullStudent(Student):
+    """A trainable copy of the teacher conv without its bias: exact at initialisation."""
+
+    name = "full"
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    @classmethod
+    def from_teacher(cls, conv: nn.Conv2d, config: DeltaConfig) -> FullStudent:
+        c = copy.deepcopy(conv)
+        c.bias = None
+        c.weight = nn.Parameter(conv.weight.detach().clone())
+        c.requires_grad_(True)
+        return cls(c)
+
+    def forward(self, delta: Tensor) -> Tensor:
+        return self.conv(delta)
+
+    def macs(self, in_hw: tuple[int, int]) -> int:
+        return ConvGeometry.of(self.conv).macs(in_hw)
+
+
+def bottleneck_width(geo: ConvGeometry, config: DeltaConfig) -> int:
+    """Per-group rank of the kernel split: ``min(Cin, Cout)/gamma`` or ``Cout/gamma``, capped at full rank."""
+    cin_g, cout_g = geo.cin // geo.groups, geo.cout // geo.groups
+    base = min(cin_g, cout_g) if config.policy == "min" else cout_g
+    r = max(1, base // config.reduction)
+    return min(r, cin_g * geo.kernel[0], cout_g * geo.kernel[1])
+
+
+@register_student
+class CompressedStudent(Student):
+    """Kernel split (``kh x 1`` to a bottleneck, then ``1 x kw`` back), from a truncated spatial SVD.
+
+    The teacher weight of each group, viewed as a ``(Cin*kh) x (Cout*kw)`` matrix, is factorised
+    as ``U S V^T``; keeping ``r`` singular values gives the two thin convs. At full rank the pair
+    reproduces the teacher exactly. Grouped and depthwise convs are split group by group, so the
+    student keeps the teacher's grouping (for a depthwise 3x3 this is a rank-1 separable filter).
+    """
+
+    name = "compressed"
+
+    def __init__(self, geo: ConvGeometry, rank: int) -> None:
+        super().__init__()
+        g = geo.groups
+        (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
+        self.geo, self.rank = geo, rank
+        # Zero-padding that is symmetric goes into the convs; anything else is applied up front.
+        self.pre_pad = not (geo.symmetric and geo.padding_mode == "zeros")
+        ph, pw = (0, 0) if self.pre_pad else (geo.pad[0], geo.pad[2])
+        self.vertical = nn.Conv2d(geo.cin, g * rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), groups=g, bias=False)
+        self.horizontal = nn.Conv2d(g * rank, geo.cout, (1, kw), (1, sw), (0, pw), (1, dw), groups=g, bias=False)
+
+    @classmethod
+    def unsupported_reason(cls, conv: nn.Conv2d, config: DeltaConfig) -> str | None:
+        geo = ConvGeometry.of(conv)
+        student = cls(geo, bottleneck_width(geo, config))
+        mine, teacher = student.macs(NOMINAL_HW), geo.macs(NOMINAL_HW)
+        if mine >= teacher:
+            return f"kernel split is not cheaper ({mine / teacher:.2f}x the teacher's MACs)"
+        return None
+
+    @classmethod
+    def from_teacher(cls, conv: nn.Conv2d, config: DeltaConfig) -> CompressedStudent:
+        geo = ConvGeometry.of(conv)
+        rank = bottleneck_width(geo, config)
+        student = cls(geo, rank)
+        student.init_from_svd(conv.weight.detach())
+        return student
+
+    @torch.no_grad()
+    def init_from_svd(self, weight: Tensor) -> None:
+        g, r = self.geo.groups, self.rank
+        cout, cin_g, kh, kw = weight.shape
+        cout_g = cout // g
+        v_parts, h_parts = [], []
+        for w in weight.double().split(cout_g, dim=0):  # (cout_g, cin_g, kh, kw) per group
+            m = w.permute(1, 2, 0, 3).reshape(cin_g * kh, cout_g * kw)
+            u, s, vh = torch.linalg.svd(m, full_matrices=False)
+            root = s[:r].sqrt()
+            a = u[:, :r] * root  # (cin_g*kh, r)
+            b = root[:, None] * vh[:r]  # (r, cout_g*kw)
+            v_parts.append(a.T.reshape(r, cin_g, kh, 1))
+            h_parts.append(b.reshape(r, cout_g, kw).permute(1, 0, 2).reshape(cout_g, r, 1, kw))
+        self.vertical.weight.copy_(torch.cat(v_parts).to(weight.dtype))
+        self.horizontal.weight.copy_(torch.cat(h_parts).to(weight.dtype))
+
+    def forward(self, delta: Tensor) -> Tensor:
+        if self.pre_pad:
+            delta = explicit_pad(delta, self.geo.pad, self.geo.padding_mode)
+        return self.horizontal(self.vertical(delta))
+
+    def macs(self, in_hw: tuple[int, int]) -> int:
+        t, b, left, r = self.geo.pad
+        h_in, w_in = in_hw
+        if self.pre_pad:
+            h_in, w_in = h_in + t + b, w_in + left + r
+        v_geo = ConvGeometry.of(self.vertical)
+        mid = v_geo.out_hw((h_in, w_in))
+        return v_geo.macs((h_in, w_in)) + ConvGeometry.of(self.horizontal).macs(mid)
