@@ -28,7 +28,7 @@ class DeltaConfig:
     policy: bottleneck width ``min(Cin, Cout) / gamma`` (``"min"``) or ``Cout / gamma`` (``"out"``).
     targets: which layers to convert. ``None`` means every ``nn.Conv2d`` except the model's first
         and last; otherwise a type, a name regex, a sequence of those, or ``fn(name, module) -> bool``.
-        Layers named explicitly (by exact name or type) that cannot be converted raise an error.
+        A layer named exactly that cannot be converted raises an error; others are skipped with a reason.
     candidates: the students the gate chooses between when ``student == "search"``.
     """
 
@@ -99,17 +99,13 @@ def match_target(spec: TargetSpec, name: str, module: nn.Module) -> bool:
 
 
 def explicitly_named(spec: TargetSpec, name: str, module: nn.Module) -> bool:
-    """True if the user asked for this exact layer (by exact name or by its exact type).
+    """True if the user asked for this exact layer by its exact name.
 
-    Such a layer must be converted or rejected loudly; a layer merely caught by a broad pattern
-    is skipped with a reason instead.
+    Such a layer must be converted or rejected loudly; a layer merely caught by a type, a broad
+    pattern or a callable is skipped with a reason instead.
     """
-    if spec is None or callable(spec) and not isinstance(spec, (type, str, Sequence)):
-        return False
-    if isinstance(spec, type):
-        return type(module) is spec
     if isinstance(spec, str):
         return spec == name
     if isinstance(spec, Sequence):
-        return any(explicitly_named(s, name, module) for s in spec)
+        return any(isinstance(s, str) and s == name for s in spec)
     return False

@@ -94,14 +94,16 @@ def convert(model: nn.Module, config: DeltaConfig | None = None) -> nn.Module:
         records = []
         if not chosen:
             raise ValueError(f"targets {config.targets!r} matched no layer of the model")
-    for name, m in chosen:
-        rec = _plan_layer(name, m, config)
+    planned = [(name, m, _plan_layer(name, m, config)) for name, m in chosen]
+    for name, m, rec in planned:  # refuse before touching the model: all or nothing
         if not rec.converted and explicitly_named(config.targets, name, m):
             raise UnsupportedLayerError(f"cannot convert layer {name!r} ({rec.kind}): {rec.reason}")
+    for name, m, rec in planned:
         records.append(rec)
         if rec.converted:
             students: dict[str, Student] = {s: STUDENTS[s].from_teacher(m, config) for s in rec.students}
-            _replace(model, name, DeltaConv2d(m, students, config.tau, config.gate_init))
+            layer = DeltaConv2d(m, students, config.tau, config.gate_init)
+            _replace(model, name, layer.train(m.training))  # new layers follow the model's train/eval state
     order = {n: i for i, (n, _) in enumerate(named)}
     records.sort(key=lambda r: order.get(r.name, 0))
     model.delta_report = ConversionReport(config, records)

@@ -1,0 +1,42 @@
+"""Shared fixtures: small real networks and short synthetic 'videos' with genuine frame-to-frame change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deltadistill.models import TinySegNet
+
+
+def make_video(frames: int = 6, batch: int = 1, size: int = 48, seed: int = 0) -> list[torch.Tensor]:
+    """A smooth random image drifting a little per frame, as in real video."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(batch, 3, size, size, generator=g)
+    out, cur = [], base
+    for _ in range(frames):
+        out.append(cur.clone())
+        cur = cur + 0.15 * torch.randn(batch, 3, size, size, generator=g)
+    return out
+
+
+@pytest.fixture
+def video() -> list[torch.Tensor]:
+    return make_video()
+
+
+def trained_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """Give BN layers non-trivial statistics so that BN really shifts and scales."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+            m.weight.data.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(0.1 * torch.randn(m.num_features, generator=g))
+    return model.eval()
+
+
+@pytest.fixture
+def tiny() -> TinySegNet:
+    torch.manual_seed(0)
+    return trained_bn(TinySegNet())

@@ -1,0 +1,58 @@
+"""count_macs agrees with FlopCounterMode on the frames the model actually runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import deltadistill as dd
+from deltadistill.macs import flop_counter_macs
+from deltadistill.models import ResNetLike, TinySegNet
+from tests.conftest import make_video
+
+
+def measured_frame_macs(model: torch.nn.Module, frames: list[torch.Tensor], interval: int) -> list[int]:
+    stream = dd.DeltaStream(model, interval)
+    out = []
+    for x in frames:
+        out.append(flop_counter_macs(stream, x))
+    return out
+
+
+@pytest.mark.parametrize("deployed", [False, True])
+def test_count_macs_matches_flop_counter(deployed: bool) -> None:
+    torch.manual_seed(0)
+    model = TinySegNet().eval()
+    teacher = flop_counter_macs(model, torch.zeros(1, 3, 48, 48))
+    dd.convert(model, dd.DeltaConfig(student="search"))
+    for m in model.modules():
+        if isinstance(m, dd.DeltaConv2d):
+            m.gate.logits.data.normal_()
+    if deployed:
+        dd.deploy(model)
+    report = dd.count_macs(model, (3, 48, 48), keyframe_interval=3)
+    assert report.teacher == teacher
+    frames = measured_frame_macs(model, make_video(frames=4), 3)
+    assert frames[0] == report.keyframe and frames[3] == report.keyframe
+    assert frames[1] == frames[2] == report.delta
+    assert report.amortised == pytest.approx((report.keyframe + 2 * report.delta) / 3)
+    if deployed:  # the keyframe pays once for c = z_k - g(x_k)
+        assert report.keyframe == report.teacher + sum(r.delta for r in report.layers)
+    else:
+        assert report.keyframe == report.teacher
+
+
+def test_resnet_like_delta_frame_is_well_under_teacher() -> None:
+    model = ResNetLike().eval()
+    dd.convert(model, dd.DeltaConfig(student="compressed", reduction=4))
+    report = dd.count_macs(model, (3, 224, 224), keyframe_interval=8)
+    print(f"ResNet-18-like @224: teacher {report.teacher / 1e9:.2f} GMAC, delta frame "
+          f"{report.delta / 1e9:.2f} GMAC ({report.delta_ratio:.1%}), amortised@8 {report.ratio:.2f}x fewer")
+    assert report.delta_ratio < 0.3
+    assert report.ratio > 2.5
+
+
+def test_summary_lists_converted_and_skipped_with_macs(tiny: TinySegNet) -> None:
+    dd.convert(tiny, dd.DeltaConfig())
+    text = dd.summary(tiny, (3, 32, 32))
+    assert "stem" in text and "first/last conv" in text and "converted" in text and "GMAC/frame" in text

@@ -1,0 +1,166 @@
+"""Stream isolation, reset, mixed keyframes in a batch, save/load, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import deltadistill as dd
+from deltadistill.models import ResNetLike, TinySegNet
+from tests.conftest import make_video
+from tests.test_identities import randomise_gates_and_students
+
+
+@pytest.fixture
+def model(tiny: TinySegNet) -> TinySegNet:
+    dd.convert(tiny, dd.DeltaConfig())
+    randomise_gates_and_students(tiny)
+    return tiny
+
+
+def run(model: nn.Module, frames: list[torch.Tensor], k: int = 4) -> list[torch.Tensor]:
+    stream = dd.DeltaStream(model, dd.EveryK(k))
+    return [stream(x) for x in frames]
+
+
+def test_two_streams_on_one_model_are_isolated(model) -> None:
+    a, b = make_video(seed=1), make_video(seed=2)
+    alone_a, alone_b = run(model, a), run(model, b)
+    sa, sb = dd.DeltaStream(model, 4), dd.DeltaStream(model, 4)
+    for t in range(len(a)):  # interleaved
+        assert torch.equal(sa(a[t]), alone_a[t])
+        assert torch.equal(sb(b[t]), alone_b[t])
+
+
+def test_batch_of_streams_equals_each_stream_alone(model) -> None:
+    a, b = make_video(seed=1), make_video(seed=2)
+    alone_a, alone_b = run(model, a), run(model, b)
+    batched = run(model, [torch.cat([x, y]) for x, y in zip(a, b, strict=True)])
+    for t in range(len(a)):
+        torch.testing.assert_close(batched[t][0:1], alone_a[t], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batched[t][1:2], alone_b[t], atol=1e-5, rtol=1e-4)
+
+
+def test_reset_forgets_state(model) -> None:
+    a, b = make_video(seed=1), make_video(seed=2)
+    stream = dd.DeltaStream(model, 4)
+    for x in a[:3]:
+        stream(x)
+    stream.reset()
+    fresh = run(model, b)
+    for t, x in enumerate(b):
+        assert torch.equal(stream(x), fresh[t])
+
+
+class StaggeredKeys:
+    """Stream 0 keys every 2 frames, stream 1 every 3: a per-stream policy."""
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, step: int, frame: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([step % 2 == 0, step % 3 == 0])
+
+
+@pytest.mark.parametrize("deployed", [False, True])
+def test_per_stream_keyframes_in_one_batch(model, deployed: bool) -> None:
+    if deployed:
+        dd.deploy(model)
+    a, b = make_video(seed=1), make_video(seed=2)
+    alone_a, alone_b = run(model, a, 2), run(model, b, 3)
+    stream = dd.DeltaStream(model, StaggeredKeys())
+    for t in range(len(a)):
+        out = stream(torch.cat([a[t], b[t]]))
+        torch.testing.assert_close(out[0:1], alone_a[t], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out[1:2], alone_b[t], atol=1e-5, rtol=1e-4)
+
+
+def test_wrong_frame_shape_mid_stream_is_a_clear_error(model) -> None:
+    stream = dd.DeltaStream(model, 4)
+    stream(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="frame shape changed mid-stream"):
+        stream(torch.randn(1, 3, 40, 32))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        stream(torch.randn(3, 32, 32))
+
+
+def test_unsupported_layer_named_explicitly_is_refused() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ConvTranspose2d(8, 8, 2, 2), nn.Conv2d(8, 3, 1))
+    with pytest.raises(dd.UnsupportedLayerError, match=r"'1'.*not a Conv2d"):
+        dd.convert(net, dd.DeltaConfig(targets=["0", "1"]))
+    with pytest.raises(dd.UnsupportedLayerError, match="not cheaper"):
+        dd.convert(nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1, groups=8)), dd.DeltaConfig(student="compressed", targets=["0"]))
+    with pytest.raises(ValueError, match="matched no layer"):
+        dd.convert(net, dd.DeltaConfig(targets="nothing_here"))
+    with pytest.raises(ValueError, match="unknown student"):
+        dd.DeltaConfig(student="magic")
+
+
+def test_broad_targets_skip_unconvertible_layers_with_a_reason() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, 2, 1, groups=8), nn.Conv2d(8, 8, 3, 1, 1))
+    dd.convert(net, dd.DeltaConfig(targets=nn.Conv2d))
+    assert "not cheaper" in net.delta_report.skipped["1"]
+    assert {"0", "2"} <= set(net.delta_report.converted)
+
+
+def test_save_load_roundtrip(model, tmp_path) -> None:
+    frames = make_video()
+    expected = run(model, frames)
+    dd.save(model, tmp_path / "ckpt")
+    torch.manual_seed(0)
+    fresh = TinySegNet()
+    fresh.load_state_dict({k: v for k, v in _teacher_state(model).items()})
+    dd.load(fresh, tmp_path / "ckpt")
+    fresh.eval()
+    for got, want in zip(run(fresh, frames), expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_save_load_deployed(model, tmp_path) -> None:
+    dd.deploy(model)
+    frames = make_video()
+    expected = run(model, frames)
+    dd.save(model, tmp_path / "ckpt")
+    fresh = TinySegNet()
+    fresh.load_state_dict(_teacher_state(model))
+    dd.load(fresh, tmp_path / "ckpt")
+    assert any(isinstance(m, dd.DeployedDeltaConv2d) for m in fresh.modules())
+    for got, want in zip(run(fresh, frames), expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def _teacher_state(converted: nn.Module) -> dict[str, torch.Tensor]:
+    """The original teacher's state dict, read back out of a converted model."""
+    teacher = copy.deepcopy(converted)
+    for name, m in list(teacher.named_modules()):
+        if isinstance(m, (dd.DeltaConv2d, dd.DeployedDeltaConv2d)):
+            parent, _, child = name.rpartition(".")
+            setattr(teacher.get_submodule(parent) if parent else teacher, child, m.base)
+    return teacher.state_dict()
+
+
+def test_checkpoint_from_another_architecture_is_refused(model, tmp_path) -> None:
+    dd.save(model, tmp_path / "ckpt")
+    with pytest.raises(dd.CheckpointError, match="another architecture"):
+        dd.load(ResNetLike(), tmp_path / "ckpt")
+    with pytest.raises(dd.CheckpointError, match="another architecture"):
+        dd.load(TinySegNet(width=8), tmp_path / "ckpt")
+
+
+def test_corrupt_or_missing_checkpoint_is_refused(model, tmp_path) -> None:
+    ckpt = dd.save(model, tmp_path / "ckpt")
+    with pytest.raises(dd.CheckpointError, match="not a deltadistill checkpoint"):
+        dd.load(TinySegNet(), tmp_path / "nowhere")
+    (ckpt / "students.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(dd.CheckpointError, match="corrupt"):
+        dd.load(TinySegNet(), ckpt)
+    (ckpt / "deltadistill.json").write_text("{not json")
+    with pytest.raises(dd.CheckpointError, match="corrupt"):
+        dd.load(TinySegNet(), ckpt)
+    (ckpt / "deltadistill.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(dd.CheckpointError, match="format"):
+        dd.load(TinySegNet(), ckpt)
