@@ -102,15 +102,19 @@ def test_gate_gets_gradients_through_straight_through_sample(tiny: TinySegNet) -
     assert all(p.grad is None for m in tiny.modules() if isinstance(m, dd.DeltaConv2d) for p in m.base.parameters())
 
 
-@pytest.mark.parametrize("interval", [1, 3, 5])
-def test_deployed_matches_undeployed(interval: int) -> None:
+ALL_STUDENTS = ("zero", "pooled", "compressed", "full")
+
+
+@pytest.mark.parametrize("interval,candidates", [(1, ("compressed", "full")), (3, ("compressed", "full")),
+                                                 (5, ("compressed", "full")), (3, ALL_STUDENTS)])
+def test_deployed_matches_undeployed(interval: int, candidates: tuple[str, ...]) -> None:
     torch.manual_seed(0)
     model = trained_bn(TinySegNet())
-    dd.convert(model, dd.DeltaConfig(student="search"))
-    randomise_gates_and_students(model)
+    dd.convert(model, dd.DeltaConfig(student="search", candidates=candidates))
+    randomise_gates_and_students(model, seed=3)
     reference = copy.deepcopy(model)
     choices = {n: m.chosen() for n, m in model.named_modules() if isinstance(m, dd.DeltaConv2d)}
-    assert set(choices.values()) == {"compressed", "full"}  # both kinds survive in this test
+    assert set(choices.values()) == set(candidates)  # every kind of student survives in this test
     dd.deploy(model)
     assert not any(isinstance(m, dd.DeltaConv2d) for m in model.modules())
     assert {n: m.student_name for n, m in model.named_modules() if isinstance(m, dd.DeployedDeltaConv2d)} == choices

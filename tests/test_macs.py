@@ -20,11 +20,12 @@ def measured_frame_macs(model: torch.nn.Module, frames: list[torch.Tensor], inte
 
 
 @pytest.mark.parametrize("deployed", [False, True])
-def test_count_macs_matches_flop_counter(deployed: bool) -> None:
+@pytest.mark.parametrize("candidates", [("compressed", "full"), ("zero", "pooled", "compressed", "full")])
+def test_count_macs_matches_flop_counter(deployed: bool, candidates: tuple[str, ...]) -> None:
     torch.manual_seed(0)
     model = TinySegNet().eval()
     teacher = flop_counter_macs(model, torch.zeros(1, 3, 48, 48))
-    dd.convert(model, dd.DeltaConfig(student="search"))
+    dd.convert(model, dd.DeltaConfig(student="search", candidates=candidates))
     for m in model.modules():
         if isinstance(m, dd.DeltaConv2d):
             m.gate.logits.data.normal_()

@@ -160,3 +160,65 @@ class CompressedStudent(Student):
         v_geo = ConvGeometry.of(self.vertical)
         mid = v_geo.out_hw((h_in, w_in))
         return v_geo.macs((h_in, w_in)) + ConvGeometry.of(self.horizontal).macs(mid)
+
+
+@register_student
+class ZeroStudent(Student):
+    """Predicts no change: the layer reuses its keyframe output. Free, and exact where features are static.
+
+    Offered to the gate as the cheapest candidate; layers whose deltas matter little to the task
+    (typically late, low-resolution ones) can take it.
+    """
+
+    name = "zero"
+    is_zero = True
+
+    def __init__(self, geo: ConvGeometry) -> None:
+        super().__init__()
+        self.geo = geo
+
+    @classmethod
+    def from_teacher(cls, conv: nn.Conv2d, config: DeltaConfig) -> ZeroStudent:
+        return cls(ConvGeometry.of(conv))
+
+    def forward(self, delta: Tensor) -> Tensor:
+        ho, wo = self.geo.out_hw((delta.shape[-2], delta.shape[-1]))
+        return delta.new_zeros(delta.shape[0], self.geo.cout, ho, wo)
+
+    def macs(self, in_hw: tuple[int, int]) -> int:
+        return 0
+
+
+@register_student
+class PooledStudent(Student):
+    """The teacher conv run on a 2x average-pooled delta, then upsampled back: a quarter of the MACs.
+
+    Deltas are smooth where motion is small, so halving their resolution loses little. Pooling
+    and nearest upsampling are linear, so the student stays linear. Meant above all for depthwise
+    convs, where the kernel split saves little. Pooling and upsampling are not counted as MACs.
+    """
+
+    name = "pooled"
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.geo = ConvGeometry.of(conv)
+        self.conv = conv
+
+    @classmethod
+    def unsupported_reason(cls, conv: nn.Conv2d, config: DeltaConfig) -> str | None:
+        if isinstance(conv.padding, str) and conv.padding == "same" and any(s > 1 for s in conv.stride):
+            return "padding='same' with stride"
+        return None
+
+    @classmethod
+    def from_teacher(cls, conv: nn.Conv2d, config: DeltaConfig) -> PooledStudent:
+        return cls(FullStudent.from_teacher(conv, config).conv)
+
+    def forward(self, delta: Tensor) -> Tensor:
+        out_hw = self.geo.out_hw((delta.shape[-2], delta.shape[-1]))
+        y = self.conv(nn.functional.avg_pool2d(delta, 2, ceil_mode=True))
+        return nn.functional.interpolate(y, size=out_hw, mode="nearest")
+
+    def macs(self, in_hw: tuple[int, int]) -> int:
+        return self.geo.macs(((in_hw[0] + 1) // 2, (in_hw[1] + 1) // 2))
