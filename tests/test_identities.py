@@ -116,6 +116,8 @@ def test_deployed_matches_undeployed(interval: int, candidates: tuple[str, ...])
     choices = {n: m.chosen() for n, m in model.named_modules() if isinstance(m, dd.DeltaConv2d)}
     assert set(choices.values()) == set(candidates)  # every kind of student survives in this test
     dd.deploy(model)
+    assert model.delta_bn_folded == 7  # every BN of TinySegNet directly follows a conv: all fold away
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert not any(isinstance(m, dd.DeltaConv2d) for m in model.modules())
     assert {n: m.student_name for n, m in model.named_modules() if isinstance(m, dd.DeployedDeltaConv2d)} == choices
     a, b = dd.DeltaStream(reference, interval), dd.DeltaStream(model, interval)

@@ -121,12 +121,13 @@ def test_save_load_roundtrip(model, tmp_path) -> None:
 
 
 def test_save_load_deployed(model, tmp_path) -> None:
-    dd.deploy(model)
+    teacher_state = _teacher_state(model)
+    dd.deploy(model)  # folds BN into teacher and students
     frames = make_video()
     expected = run(model, frames)
     dd.save(model, tmp_path / "ckpt")
     fresh = TinySegNet()
-    fresh.load_state_dict(_teacher_state(model))
+    fresh.load_state_dict(teacher_state)
     dd.load(fresh, tmp_path / "ckpt")
     assert any(isinstance(m, dd.DeployedDeltaConv2d) for m in fresh.modules())
     for got, want in zip(run(fresh, frames), expected, strict=True):

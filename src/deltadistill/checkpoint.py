@@ -20,6 +20,7 @@ from torch import nn
 
 from .config import DeltaConfig
 from .convert import _replace, convert
+from .fold import fold_batchnorm
 from .layer import DeltaConv2d, DeployedDeltaConv2d
 from .modes import delta_layers
 
@@ -67,7 +68,8 @@ def save(model: nn.Module, path: str | Path, include_teacher: bool = False, extr
             if include_teacher or not k.startswith("base."):
                 tensors[f"{name}.{k}"] = v.detach().cpu().contiguous().clone()
     meta = {"format": FORMAT, "config": report.config.to_json(), "layers": layers,
-            "include_teacher": include_teacher, "extra": extra or {}}
+            "include_teacher": include_teacher, "bn_folded": bool(getattr(model, "delta_bn_folded", 0)),
+            "extra": extra or {}}
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
     atomic_write(path / META, lambda p: p.write_text(json.dumps(meta, indent=2)))
@@ -117,6 +119,8 @@ def load(teacher: nn.Module, path: str | Path) -> nn.Module:
         if info["deployed"]:
             _replace(teacher, name, DeployedDeltaConv2d(layer.base, layer.students[info["deployed"]],
                                                         info["deployed"]))
+    if meta.get("bn_folded"):  # fold the teacher's BN the same way; saved students are already scaled
+        teacher.delta_bn_folded = fold_batchnorm(teacher.eval())
     state = {}
     for name, layer in delta_layers(teacher):
         for k, v in layer.state_dict().items():

@@ -56,6 +56,17 @@ class Student(nn.Module):
         """Exact multiply-accumulates for one image of spatial size ``in_hw``."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def scale_output_(self, scale: Tensor) -> None:
+        """Multiply each output channel by ``scale`` (used to fold a following BN at deploy).
+
+        The default scales the last conv the student registers, which is right for any student
+        that ends in a conv; a student with another last linear step overrides this.
+        """
+        convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+        if convs:
+            convs[-1].weight.mul_(scale.view(-1, 1, 1, 1).to(convs[-1].weight.dtype))
+
 
 @register_student
 class FullStudent(Student):
