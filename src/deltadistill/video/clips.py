@@ -1,0 +1,104 @@
+"""Training clips: a keyframe plus T-1 later frames, cropped alike, decoded lazily in DataLoader workers.
+
+A map-style dataset whose item ``i`` is a pure function of ``(seed, i)``: the clip's video, start,
+frame distances and crop all come from one seeded generator. That makes resumed training exact
+(the data position is just the step) and lets any number of workers or ranks split the indices.
+Each item decodes only its own short window of frames (PyAV seeks near the keyframe), so memory
+does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import VideoError
+from .reader import _open, fit_frame, video_info
+
+
+class VideoClips(Dataset):
+    """Clips of ``clip_len`` frames (keyframe first) as float tensors (T, 3, H, W) in 0..1.
+
+    videos: paths; frame_range: (start, stop) fractions of each video to draw from, e.g. (0, 0.7)
+    for training and (0.7, 1) for evaluation. size: output (H, W); frames are resized so the short
+    side covers ``size`` (times ``scale_jitter``) and randomly cropped, identically across a clip.
+    """
+
+    def __init__(self, videos: Sequence[str | Path], clip_len: int = 3, max_interval: int = 8,
+                 size: tuple[int, int] = (256, 256), frame_range: tuple[float, float] = (0.0, 1.0),
+                 length: int = 10_000, seed: int = 0, scale_jitter: float = 1.25, value_range: float = 1.0) -> None:
+        if clip_len < 1 or max_interval < 1:
+            raise ValueError("clip_len and max_interval must be >= 1")
+        if not videos:
+            raise VideoError("no videos given")
+        self.paths = [Path(v) for v in videos]
+        self.infos = [video_info(p) for p in self.paths]  # validates every file up front
+        self.clip_len, self.max_interval, self.size = clip_len, max_interval, tuple(size)
+        self.length, self.seed, self.scale_jitter, self.value_range = length, seed, scale_jitter, value_range
+        self.ranges = []
+        for p, info in zip(self.paths, self.infos, strict=True):
+            lo, hi = int(frame_range[0] * info.frames), int(frame_range[1] * info.frames)
+            if hi - lo < clip_len:
+                raise VideoError(f"{p}: only {hi - lo} frames in range {frame_range}, need {clip_len}")
+            self.ranges.append((lo, hi))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def plan(self, index: int) -> tuple[int, list[int], tuple[float, float, float]]:
+        """(video, frame indices, (scale, crop_y, crop_x) fractions) of clip ``index``: seeded, no I/O."""
+        rng = np.random.default_rng([self.seed, index])
+        v = int(rng.integers(len(self.paths)))
+        lo, hi = self.ranges[v]
+        span = min(self.max_interval, hi - lo - 1)
+        need = self.clip_len - 1
+        if need:
+            gaps = np.sort(rng.choice(np.arange(1, span + 1), size=need, replace=span < need))
+        else:
+            gaps = np.zeros(0, int)
+        start = int(rng.integers(lo, hi - int(gaps.max(initial=0))))
+        frames = [start, *(start + int(g) for g in gaps)]
+        return v, frames, (float(rng.uniform(1.0, self.scale_jitter)), float(rng.random()), float(rng.random()))
+
+    def decode(self, video: int, frames: list[int]) -> list[np.ndarray]:
+        """Decode just the frames asked for, seeking to the keyframe before the first."""
+        path, wanted, out = self.paths[video], sorted(set(frames)), {}
+        container = _open(path)
+        try:
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or 25)
+            tb = float(stream.time_base) if stream.time_base else 1 / rate
+            container.seek(int(max(0.0, wanted[0] / rate - 0.5) / tb), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                idx = round(float(frame.pts * tb) * rate) if frame.pts is not None else None
+                if idx is None or idx > wanted[-1]:
+                    break
+                if idx in wanted:
+                    out[idx] = frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as e:
+            raise VideoError(f"video {path} is corrupt: decoding failed ({e})") from e
+        finally:
+            container.close()
+        missing = [f for f in wanted if f not in out]
+        if missing:
+            raise VideoError(f"{path}: could not decode frames {missing[:5]}")
+        return [out[f] for f in frames]
+
+    def crop(self, frames: list[np.ndarray], jitter: tuple[float, float, float]) -> np.ndarray:
+        scale, fy, fx = jitter
+        th, tw = self.size
+        h, w = frames[0].shape[:2]
+        s = max(th / h, tw / w) * scale
+        rh, rw = max(th, round(h * s)), max(tw, round(w * s))
+        y0, x0 = int(fy * (rh - th)), int(fx * (rw - tw))
+        return np.stack([fit_frame(f, (rh, rw), "resize")[0][y0:y0 + th, x0:x0 + tw] for f in frames])
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        v, frames, jitter = self.plan(index)
+        clip = self.crop(self.decode(v, frames), jitter)
+        return torch.from_numpy(clip).permute(0, 3, 1, 2).float().mul_(self.value_range / 255.0)

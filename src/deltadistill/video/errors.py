@@ -1,0 +1,5 @@
+"""The one error type for unreadable video: it names the file and what is wrong with it."""
+
+
+class VideoError(ValueError):
+    """A video that is missing, empty, corrupt or has no video stream."""

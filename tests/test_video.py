@@ -1,0 +1,93 @@
+"""Video in and out on the real bikes clip: streaming reads, exact clip frames, clear errors, mp4 writing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from deltadistill.video import (
+    VideoClips,
+    VideoError,
+    VideoWriter,
+    default_videos,
+    draw_boxes,
+    fit_frame,
+    iter_frames,
+    overlay_mask,
+    side_by_side,
+    video_info,
+)
+
+
+@pytest.fixture(scope="module")
+def bikes():
+    return default_videos()["bikes"]
+
+
+def test_default_videos_are_real_files(bikes) -> None:
+    info = video_info(bikes)
+    assert (info.frames, info.width, info.height) == (250, 640, 272)
+
+
+def test_iter_frames_fits_and_slices(bikes) -> None:
+    frames = list(iter_frames(bikes, (128, 160), fit="letterbox", start=10, stop=20, step=3))
+    assert len(frames) == 4 and frames[0].shape == (128, 160, 3) and frames[0].dtype == np.uint8
+    _, lb = fit_frame(np.zeros((272, 640, 3), np.uint8), (512, 512))
+    assert lb.scale == pytest.approx(0.8) and lb.pad_x == 0 and lb.pad_y == (512 - round(272 * 0.8)) // 2
+    np.testing.assert_allclose(lb.to_source(np.array([[0, lb.pad_y, 512, 512 - lb.pad_y]])), [[0, 0, 640, 272]], atol=1)
+
+
+def test_bad_videos_give_clear_errors(tmp_path) -> None:
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "junk.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    for name, match in [("missing.mp4", "not found"), ("empty.mp4", "empty"), ("junk.mp4", "cannot read|corrupt")]:
+        with pytest.raises(VideoError, match=match):
+            list(iter_frames(tmp_path / name))
+        with pytest.raises(VideoError):
+            VideoClips([tmp_path / name])
+
+
+def test_truncated_video_is_an_error_not_a_crash(bikes, tmp_path) -> None:
+    data = bikes.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 3])
+    with pytest.raises(VideoError):
+        VideoClips([tmp_path / "cut.mp4"], clip_len=3)[0]
+        list(iter_frames(tmp_path / "cut.mp4"))
+
+
+def test_clips_hold_the_exact_frames_keyframe_first(bikes) -> None:
+    ds = VideoClips([bikes], clip_len=4, max_interval=6, size=(64, 96), frame_range=(0, 0.5), seed=3, scale_jitter=1.0)
+    v, idx, jitter = ds.plan(5)
+    assert idx[0] < idx[1] < idx[2] < idx[3] <= idx[0] + 6 and idx[-1] < 125
+    clip = ds[5]
+    assert clip.shape == (4, 3, 64, 96) and 0 <= float(clip.min()) and float(clip.max()) <= 1
+    direct = list(iter_frames(bikes, start=idx[0], stop=idx[-1] + 1))
+    expected = ds.crop([direct[i - idx[0]] for i in idx], jitter)  # same crop for every frame of the clip
+    np.testing.assert_allclose(clip.permute(0, 2, 3, 1).numpy() * 255, expected, atol=1e-3)
+    assert torch.equal(ds[5], clip)  # a pure function of (seed, index)
+
+
+def test_clips_load_in_worker_processes(bikes) -> None:
+    ds = VideoClips([bikes], clip_len=2, size=(32, 32), length=4)
+    batches = list(DataLoader(ds, batch_size=2, num_workers=2))
+    assert len(batches) == 2 and batches[0].shape == (2, 2, 3, 32, 32)
+    assert torch.equal(batches[1][0], ds[2])
+
+
+def test_writer_makes_a_playable_mp4_and_drawing_works(tmp_path) -> None:
+    frame = np.full((64, 80, 3), 90, np.uint8)
+    boxed = draw_boxes(frame, np.array([[5, 20, 40, 60]]), np.array([0]), np.array([0.9]), ["person"])
+    masked = overlay_mask(frame, np.pad(np.ones((20, 20)), 20)[:64, :80])
+    panel = side_by_side(boxed, masked, "teacher", "delta (KEY)", "1.3 GMAC", "0.3 GMAC", right_is_key=True)
+    assert panel.shape == (64 + 48, 80 * 2 + 4, 3) and not np.array_equal(boxed, frame)
+    out = tmp_path / "v.mp4"
+    with VideoWriter(out, fps=10) as w:
+        for _ in range(5):
+            w.write(panel)
+    assert video_info(out).frames == 5 and len(list(iter_frames(out))) == 5
+    with pytest.raises(RuntimeError), VideoWriter(tmp_path / "bad.mp4") as w:
+        w.write(panel)
+        raise RuntimeError("crash mid-write")
+    assert list(tmp_path.iterdir()) == [out]  # nothing half-written left behind
