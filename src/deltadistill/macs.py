@@ -95,13 +95,14 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], keyframe_interval
     p = next(iter(model.parameters()), None)
     x = torch.zeros(_shape(input_shape), device=p.device if p is not None else None,
                     dtype=p.dtype if p is not None else None)
-    was_training = model.training
+    flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with mode(model, "teacher"):
             teacher = flop_counter_macs(model, x)
     finally:
-        model.train(was_training)
+        for m, flag in flags:
+            m.training = flag
     rows, key_extra = [], 0
     for name, layer in layers:
         rows.append(_layer_row(name, layer))

@@ -1,0 +1,70 @@
+"""The `deltadistill` command: distill, bench, demo. Thin: each command calls the Python API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Delta Distillation: make a per-frame video CNN cheaper per frame.")
+
+@app.callback()
+def _root() -> None:
+    """Delta Distillation: make a per-frame video CNN cheaper per frame."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError)
+
+
+def _fail(e: BaseException) -> None:
+    typer.secho(f"error: {e}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def distill(
+    teacher: str = typer.Option(..., help="teacher name (centernet, selfie, tinyseg) or TF.js model.json"),
+    videos: list[Path] = typer.Option(..., help="training videos (any format ffmpeg reads)"),
+    out: Path = typer.Option(..., help="output directory: checkpoints/, model/, result.json"),
+    steps: int = typer.Option(200, min=0),
+    budget: Optional[float] = typer.Option(None, help="target delta-frame cost, fraction of the teacher's MACs"),
+    keyframe_interval: int = typer.Option(8, min=1, help="largest keyframe distance seen in training"),
+    clip_len: int = typer.Option(3, min=2),
+    size: int = typer.Option(0, help="training crop size (0: the teacher's input size)"),
+    batch_size: int = typer.Option(1, min=1),
+    reduction: int = typer.Option(4, min=1, help="channel reduction gamma of compressed students"),
+    candidates: str = typer.Option("compressed,full", help="students the gates choose among"),
+    lr: float = typer.Option(1e-3),
+    gate_lr: float = typer.Option(5e-2),
+    workers: int = typer.Option(1, min=0, help="DataLoader workers decoding video"),
+    checkpoint_every: int = typer.Option(50, min=1),
+    resume: bool = typer.Option(False, help="continue from the latest checkpoint in --out"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train students and gates on unlabelled video against the teacher's own predictions."""
+    import deltadistill as dd
+    from deltadistill.teacher_resolve import resolve_teacher
+    from deltadistill.train.checkpointing import check_writable
+    from deltadistill.video import VideoClips
+
+    try:
+        check_writable(out)
+        model = resolve_teacher(teacher)
+        hw = (size, size) if size else tuple(getattr(model, "input_size", (256, 256)))
+        clips = VideoClips(videos, clip_len=clip_len, max_interval=keyframe_interval, size=hw, seed=seed,
+                           value_range=getattr(model, "input_range", 1.0))
+        dd.convert(model, dd.DeltaConfig(reduction=reduction, candidates=tuple(candidates.split(","))))
+        result = dd.distill(model, clips, steps=steps, budget=budget, lr=lr, gate_lr=gate_lr,
+                            batch_size=batch_size, num_workers=workers, out_dir=out,
+                            checkpoint_every=checkpoint_every, resume=resume, seed=seed)
+    except USER_ERRORS as e:
+        _fail(e)
+        return
+    if result.history:
+        last = result.history[-1]
+        typer.echo(f"done: {steps} steps; final task {last['task']:.4f}, distill {last['distill']:.4f}; "
+                   f"delta frame costs {result.reached_cost:.1%} of the teacher (budget "
+                   f"{'none' if budget is None else f'{budget:.0%}'}); model in {out / 'model'}")
+
