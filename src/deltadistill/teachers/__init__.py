@@ -1,0 +1,1 @@
+"""Pretrained teacher networks (TF.js graph models converted to PyTorch)."""
