@@ -129,6 +129,7 @@ def fetch(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
                 _extract(tgz, name, staging)
             except (tarfile.TarError, OSError) as exc:
                 raise TeacherFetchError(f"could not read {tgz.name}: {exc}\n" + _manual_hint(name, dest)) from exc
+        os.chmod(staging, 0o755)  # mkdtemp makes it 0700; the cache is not secret
         if dest.exists():  # stale / partial directory from an older layout: replace it
             shutil.rmtree(dest)
         os.replace(staging, dest)
