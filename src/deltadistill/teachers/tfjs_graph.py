@@ -125,13 +125,19 @@ def _module_name(node: str, taken: set[str]) -> str:
     return name
 
 
-def _conv_runner(module: nn.Module, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
-                 pad_mode: str, explicit_pad: tuple[int, int, int, int] | None,
-                 act: Callable[[Tensor], Tensor] | None) -> Callable[[Tensor], Tensor]:
-    """Step for a conv: runtime TF SAME / explicit padding if needed, module call, fused activation.
+def _call_module(module: nn.Module, x: Tensor) -> Tensor:
+    return module(x)
 
-    ``pad_mode``: "module" (the conv pads symmetrically itself), "tf_same" (size-dependent, possibly
-    asymmetric TF SAME padding applied with F.pad each call) or "explicit".
+
+def _conv_runner(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int], pad_mode: str,
+                 explicit_pad: tuple[int, int, int, int] | None, act: Callable[[Tensor], Tensor] | None
+                 ) -> Callable[[nn.Module, Tensor], Tensor]:
+    """Step ``fn(module, x)`` for a conv: TF SAME / explicit padding if needed, module call, activation.
+
+    The module is passed in at call time (looked up by name in ``self.convs``), so swapping or
+    deep-copying the conv modules changes what runs. ``pad_mode``: "module" (the conv pads
+    symmetrically itself), "tf_same" (input-size dependent, possibly asymmetric TF SAME padding via
+    F.pad each call) or "explicit".
     """
     pad: Callable[[Tensor], Tensor] | None = None
     if pad_mode == "explicit":
@@ -140,12 +146,12 @@ def _conv_runner(module: nn.Module, kernel: tuple[int, int], stride: tuple[int, 
     elif pad_mode == "tf_same":
         pad = lambda x: pad_same(x, kernel, stride, dilation)  # noqa: E731
     if pad is None and act is None:
-        return module
+        return _call_module
     if pad is None:
-        return lambda x: act(module(x))  # type: ignore[misc]
+        return lambda m, x: act(m(x))  # type: ignore[misc]
     if act is None:
-        return lambda x: module(pad(x))
-    return lambda x: act(module(pad(x)))
+        return lambda m, x: m(pad(x))
+    return lambda m, x: act(m(pad(x)))
 
 
 class TFJSGraphModule(nn.Module):
@@ -182,7 +188,8 @@ class TFJSGraphModule(nn.Module):
         self._const_loads: list[tuple[int, str]] = []
         self._plain_of: dict[int, int] = {}
         self._nchw_of: dict[int, int] = {}
-        self._steps: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...]]] = []
+        # (fn, input slots, output slots, conv module name or None); a named module is passed as fn's 1st arg
+        self._steps: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...], str | None]] = []
         self.input_names: list[str] = []
         self._input_slots: list[int] = []
         self._runtime_consts: set[int] = set()
@@ -249,7 +256,7 @@ class TFJSGraphModule(nn.Module):
             new = self._new_slot()
             self._plain_of[slot] = new
             self._layout[new] = "plain"
-            self._steps.append((lambda x: x.permute(0, 2, 3, 1), (slot,), (new,)))
+            self._steps.append((lambda x: x.permute(0, 2, 3, 1), (slot,), (new,), None))
         return self._plain_of[slot]
 
     def _as_nchw(self, slot: int, node: _Node) -> int:
@@ -261,14 +268,15 @@ class TFJSGraphModule(nn.Module):
             new = self._new_slot()
             self._nchw_of[slot] = new
             self._layout[new] = "nchw"
-            self._steps.append((lambda x: x.permute(0, 3, 1, 2), (slot,), (new,)))
+            self._steps.append((lambda x: x.permute(0, 3, 1, 2), (slot,), (new,), None))
         return self._nchw_of[slot]
 
-    def _emit(self, fn: Callable[..., Any], ins: Sequence[int], node: _Node, layout: str, n_out: int = 1) -> None:
+    def _emit(self, fn: Callable[..., Any], ins: Sequence[int], node: _Node, layout: str, n_out: int = 1,
+              module: str | None = None) -> None:
         outs = tuple(self._slot(node.name, k) for k in range(n_out))
         for o in outs:
             self._layout[o] = layout
-        self._steps.append((fn, tuple(ins), outs))
+        self._steps.append((fn, tuple(ins), outs, module))
 
     def _build(self, node: _Node) -> None:
         op = node.op
@@ -357,9 +365,10 @@ class TFJSGraphModule(nn.Module):
             conv.weight.copy_(weight)
             if bias is not None:
                 conv.bias.copy_(bias)  # type: ignore[union-attr]
-        self.convs[_module_name(node.name, self._taken)] = conv
+        mod_name = _module_name(node.name, self._taken)
+        self.convs[mod_name] = conv
         src = self._as_nchw(self._runtime(node.inputs[0]), node)
-        self._emit(_conv_runner(conv, (kh, kw), stride, dil, mode, explicit, act), [src], node, "nchw")
+        self._emit(_conv_runner((kh, kw), stride, dil, mode, explicit, act), [src], node, "nchw", module=mod_name)
 
     def _fused_epilogue(self, node: _Node, cout: int
                         ) -> tuple[Tensor | None, Tensor | None, Callable[[Tensor], Tensor] | None]:
@@ -396,11 +405,12 @@ class TFJSGraphModule(nn.Module):
         deconv = nn.ConvTranspose2d(cin, cout, (kh, kw), stride=stride, bias=False)
         with torch.no_grad():
             deconv.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1))))
-        self.convs[_module_name(node.name, self._taken)] = deconv
+        mod_name = _module_name(node.name, self._taken)
+        self.convs[mod_name] = deconv
         same = padding == "SAME"
 
-        def run(x: Tensor) -> Tensor:
-            y = deconv(x)
+        def run(module: nn.Module, x: Tensor) -> Tensor:
+            y = module(x)
             h, w_ = x.shape[-2], x.shape[-1]
             out_h = h * stride[0] if same else (h - 1) * stride[0] + kh
             out_w = w_ * stride[1] if same else (w_ - 1) * stride[1] + kw
@@ -411,7 +421,7 @@ class TFJSGraphModule(nn.Module):
             return y[..., top : top + out_h, left : left + out_w]
 
         src = self._as_nchw(self._runtime(node.inputs[2]), node)
-        self._emit(run, [src], node, "nchw")
+        self._emit(run, [src], node, "nchw", module=mod_name)
 
     def _build_elementwise(self, node: _Node) -> None:
         slots = [self._slot(*_split_ref(r)) for r in node.inputs]
@@ -569,7 +579,7 @@ class TFJSGraphModule(nn.Module):
         """Compute when each slot dies so forward can drop intermediate tensors early."""
         keep = set(self._output_slots)
         last_use: dict[int, int] = {}
-        for i, (_, ins, _) in enumerate(self._steps):
+        for i, (_, ins, _, _) in enumerate(self._steps):
             for s in ins:
                 last_use[s] = i
         self._release: list[tuple[int, ...]] = [() for _ in self._steps]
@@ -584,11 +594,14 @@ class TFJSGraphModule(nn.Module):
         env: list[Any] = [None] * self._n_slots
         for slot, x in zip(self._input_slots, inputs, strict=True):
             env[slot] = x
-        buffers = self._buffers
+        buffers, convs = self._buffers, self.convs
         for slot, name in self._const_loads:
             env[slot] = buffers[name]
-        for (fn, ins, outs), release in zip(self._steps, self._release, strict=True):
-            r = fn(*[env[i] for i in ins])
+        for (fn, ins, outs, mod), release in zip(self._steps, self._release, strict=True):
+            if mod is None:
+                r = fn(*[env[i] for i in ins])
+            else:
+                r = fn(convs[mod], env[ins[0]])
             if len(outs) == 1:
                 env[outs[0]] = r
             else:

@@ -94,7 +94,16 @@ def max_pool(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], paddin
 
 
 def avg_pool(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: str) -> Tensor:
-    """TF ``AvgPool``: with ``SAME`` the divisor counts only real (unpadded) pixels."""
+    """TF ``AvgPool``: with ``SAME`` the divisor counts only real (unpadded) pixels.
+
+    Large windows (the selfie model pools 16x16 .. 128x128) lose ~1e-5 relative precision with a plain
+    float32 running sum, visibly more than TF.js (which sums in JS doubles). A window covering the whole
+    map becomes ``mean`` (pairwise summation); other large windows accumulate in float64.
+    """
+    if padding == "VALID" and tuple(x.shape[-2:]) == tuple(kernel):
+        return x.mean(dim=(-2, -1), keepdim=True)
+    if kernel[0] * kernel[1] >= 64 and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return avg_pool(x.double(), kernel, stride, padding).to(x.dtype)
     if padding == "SAME":
         top, bottom = same_pads(x.shape[-2], kernel[0], stride[0])
         left, right = same_pads(x.shape[-1], kernel[1], stride[1])
