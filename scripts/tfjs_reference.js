@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Reference outputs of the teacher graph models from the official TF.js runtime (CPU backend).
 //
-// How to run (see scripts/tfjs_reference.md):
-//   python scripts/make_teacher_fixtures.py inputs     # fetch models, write tests/fixtures/*_input.npy
+// How to run (details in scripts/tfjs_reference.md):
+//   PYTHONPATH=src python scripts/make_teacher_fixtures.py   # fetch models, write *_input.npy
 //   mkdir /tmp/tfjsref && cd /tmp/tfjsref && npm init -y &&
 //     npm install @tensorflow/tfjs-core @tensorflow/tfjs-converter @tensorflow/tfjs-backend-cpu
 //   NODE_PATH=/tmp/tfjsref/node_modules node scripts/tfjs_reference.js <cache_root> tests/fixtures

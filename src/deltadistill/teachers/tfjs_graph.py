@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .tfjs_ops import avg_pool, floor_div, floor_mod, max_pool, pad_same, resize_bilinear, same_pads
+from .tfjs_ops import ACTIVATIONS, BINARY, UNARY, avg_pool, max_pool, pad_same, resize_bilinear, same_pads
 from .tfjs_weights import load_weights
 
 
@@ -42,40 +42,6 @@ class UnsupportedOpError(NotImplementedError):
 
 # NHWC axis -> NCHW axis
 _NHWC_TO_NCHW = {0: 0, 1: 2, 2: 3, 3: 1}
-
-_UNARY: dict[str, Callable[[Tensor], Tensor]] = {
-    "Identity": lambda x: x,
-    "Relu": torch.relu,
-    "Relu6": lambda x: F.hardtanh(x, 0.0, 6.0),
-    "Sigmoid": torch.sigmoid,
-    "Tanh": torch.tanh,
-    "Elu": F.elu,
-    "Neg": torch.neg,
-    "Exp": torch.exp,
-    "Sqrt": torch.sqrt,
-    "Rsqrt": torch.rsqrt,
-    "Square": torch.square,
-    "Abs": torch.abs,
-    "Floor": torch.floor,
-}
-
-_BINARY: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "Add": torch.add,
-    "AddV2": torch.add,
-    "Sub": torch.sub,
-    "Mul": torch.mul,
-    "RealDiv": torch.div,
-    "Div": torch.div,
-    "Maximum": torch.maximum,
-    "Minimum": torch.minimum,
-    "Equal": torch.eq,
-    "FloorDiv": floor_div,
-    "FloorMod": floor_mod,
-    "Pow": torch.pow,
-    "SquaredDifference": lambda a, b: torch.square(a - b),
-}
-
-_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {k: _UNARY[k] for k in ("Relu", "Relu6", "Sigmoid", "Tanh", "Elu")}
 
 _TF_DTYPES = {"DT_FLOAT": torch.float32, "DT_INT32": torch.int32, "DT_BOOL": torch.bool, "DT_INT64": torch.int64}
 
@@ -296,9 +262,9 @@ class TFJSGraphModule(nn.Module):
             self._build_conv(node)
         elif op == "Conv2DBackpropInput":
             self._build_deconv(node)
-        elif op in _UNARY:
+        elif op in UNARY:
             src = self._runtime(node.inputs[0])
-            self._emit(_UNARY[op], [src], node, self._layout[src])
+            self._emit(UNARY[op], [src], node, self._layout[src])
         elif op == "LeakyRelu":
             alpha = node.f("alpha", 0.2)
             src = self._runtime(node.inputs[0])
@@ -310,7 +276,7 @@ class TFJSGraphModule(nn.Module):
             dst = torch.long if dst == torch.int32 else dst
             src = self._runtime(node.inputs[0])
             self._emit(lambda x: x.to(dst), [src], node, self._layout[src])
-        elif op in _BINARY or op == "AddN":
+        elif op in BINARY or op == "AddN":
             self._build_elementwise(node)
         elif op in ("Mean", "Sum", "Max", "Min"):
             self._build_reduce(node)
@@ -389,12 +355,12 @@ class TFJSGraphModule(nn.Module):
             scale = torch.from_numpy(k)
             bias = torch.from_numpy((beta - mean * k).astype(np.float32))
             rest = fused[1:]
-        if len(rest) > 1 or (rest and rest[0] not in _ACTIVATIONS):
+        if len(rest) > 1 or (rest and rest[0] not in ACTIVATIONS):
             if rest == ["LeakyRelu"]:
                 alpha = node.f("leakyrelu_alpha", 0.2)
                 return scale, bias, lambda x: F.leaky_relu(x, alpha)
             raise UnsupportedOpError(node.op, node.name, f"fused_ops={fused}")
-        return scale, bias, (_ACTIVATIONS[rest[0]] if rest else None)
+        return scale, bias, (ACTIVATIONS[rest[0]] if rest else None)
 
     def _build_deconv(self, node: _Node) -> None:
         stride, dil, padding, explicit = self._conv_geometry(node)
@@ -444,19 +410,20 @@ class TFJSGraphModule(nn.Module):
                 return out
             self._emit(add_n, ins, node, layout)
         else:
-            self._emit(_BINARY[node.op], ins, node, layout)
+            self._emit(BINARY[node.op], ins, node, layout)
 
     def _nchw_const(self, slot: int, node: _Node) -> int:
         """A constant broadcast against NCHW data: re-lay it out as [.., C, H, W] once."""
         value = self._consts[slot]
         if value.ndim == 0 or (value.ndim == 1 and value.shape[0] == 1):
-            return self._runtime_key(slot, value.reshape(()))
+            return self._derived_const(slot, value.reshape(()))
         if value.ndim > 4:
             raise UnsupportedOpError(node.op, node.name, f"constant of rank {value.ndim} with NCHW data")
         v4 = value.reshape((1,) * (4 - value.ndim) + value.shape)
-        return self._runtime_key(slot, np.ascontiguousarray(v4.transpose(0, 3, 1, 2)), suffix="nchw")
+        return self._derived_const(slot, np.ascontiguousarray(v4.transpose(0, 3, 1, 2)), suffix="nchw")
 
-    def _runtime_key(self, slot: int, value: np.ndarray, suffix: str = "") -> int:
+    def _derived_const(self, slot: int, value: np.ndarray, suffix: str = "") -> int:
+        """Buffer slot for a plan-time transformed copy of constant ``slot`` (made once, shared)."""
         key = (f"__const{suffix}__", slot)
         if key in self._slots:
             return self._slots[key]

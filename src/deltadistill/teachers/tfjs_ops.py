@@ -9,6 +9,7 @@ centres), average pooling that excludes padding, and Python-style floor division
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -124,3 +125,39 @@ def floor_div(a: Tensor, b: Tensor) -> Tensor:
 def floor_mod(a: Tensor, b: Tensor) -> Tensor:
     """TF ``FloorMod`` (result has the sign of the divisor, like Python's %)."""
     return torch.remainder(a, b)
+
+
+# TF op name -> torch function, for the element-wise ops the graph executor maps one-to-one.
+UNARY: dict[str, Callable[[Tensor], Tensor]] = {
+    "Identity": lambda x: x,
+    "Relu": torch.relu,
+    "Relu6": lambda x: F.hardtanh(x, 0.0, 6.0),
+    "Sigmoid": torch.sigmoid,
+    "Tanh": torch.tanh,
+    "Elu": F.elu,
+    "Neg": torch.neg,
+    "Exp": torch.exp,
+    "Sqrt": torch.sqrt,
+    "Rsqrt": torch.rsqrt,
+    "Square": torch.square,
+    "Abs": torch.abs,
+    "Floor": torch.floor,
+}
+
+BINARY: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "Add": torch.add,
+    "AddV2": torch.add,
+    "Sub": torch.sub,
+    "Mul": torch.mul,
+    "RealDiv": torch.div,
+    "Div": torch.div,
+    "Maximum": torch.maximum,
+    "Minimum": torch.minimum,
+    "Equal": torch.eq,
+    "FloorDiv": floor_div,
+    "FloorMod": floor_mod,
+    "Pow": torch.pow,
+    "SquaredDifference": lambda a, b: torch.square(a - b),
+}
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {k: UNARY[k] for k in ("Relu", "Relu6", "Sigmoid", "Tanh", "Elu")}
