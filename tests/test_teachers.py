@@ -160,3 +160,17 @@ def test_default_cache_location(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(fetch_mod.Path, "home", lambda: tmp_path)
     assert fetch_mod.model_dir("selfie") == tmp_path / ".cache" / "deltadistill" / "teachers" / "selfie"
     assert os.fspath(fetch_mod.model_dir("selfie", tmp_path / "c")) == os.fspath(tmp_path / "c" / "selfie")
+
+
+def test_torch_decoder_matches_graph_decoder(centernet: teachers.Teacher) -> None:
+    """Our batched decoder reproduces the exported graph's ``tower_0/detections`` (TF.js fixture)."""
+    fixtures = Path(__file__).parent / "fixtures"
+    with torch.no_grad():
+        heat, ltrb = centernet(centernet.preprocess(np.load(fixtures / "centernet_input.npy")))
+    (det,) = decode_centernet(heat, ltrb, stride=4, score_threshold=0.05, iou_threshold=1.0)  # no NMS, no clip
+    ref = np.load(fixtures / "centernet_detections.npy")[0]
+    ref = ref[ref[:, 4] >= 0.05]
+    assert len(det["scores"]) == len(ref)
+    np.testing.assert_allclose(det["scores"].numpy(), ref[:, 4], atol=1e-5)
+    np.testing.assert_array_equal(det["labels"].numpy(), ref[:, 5].astype(int))
+    np.testing.assert_allclose(det["boxes"].numpy(), ref[:, :4], atol=0.05)
