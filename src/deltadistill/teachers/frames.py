@@ -15,13 +15,16 @@ def read_frames(path: str | Path, indices: Iterable[int] | None = None) -> np.nd
     import av  # local import: only needed when reading video
 
     wanted = None if indices is None else set(indices)
+    last = max(wanted) if wanted else -1
     frames = []
     with av.open(str(path)) as container:
         for i, frame in enumerate(container.decode(video=0)):
             if wanted is None or i in wanted:
                 frames.append(frame.to_ndarray(format="rgb24"))
-            if wanted is not None and i >= max(wanted):
+            if wanted is not None and i >= last:
                 break
+    if not frames:
+        raise ValueError(f"no frames decoded from {path} for indices {sorted(wanted or [])}")
     return np.stack(frames)
 
 
