@@ -177,6 +177,20 @@ def test_fused_depthwise_bias_relu6_and_nhwc_axes(tmp_path: Path) -> None:
     assert model.convs["dw"].groups == 2
 
 
+def test_transposed_conv_same_crops_like_tf(tmp_path: Path) -> None:
+    # 2x2 ones, 3x3 ones kernel, stride 2, SAME -> 4x4. Full output coverage per axis is [1, 1, 2, 1, 1];
+    # TF pads the (virtual) forward conv by (0, 1), so it keeps the first 4 positions.
+    node = {"name": "up", "op": "Conv2DBackpropInput", "input": ["sizes", "k", "x"],
+            "attr": {"strides": _ilist([1, 2, 2, 1]), "padding": _s("SAME")}}
+    path = _write_model(tmp_path, [node], {"sizes": np.array([1, 4, 4, 1], np.int32),
+                                           "k": np.ones((3, 3, 1, 1), np.float32)}, (2, 2, 1), ["up"])
+    model = TFJSGraphModule(path)
+    (y,) = model(torch.ones(1, 1, 2, 2))
+    line = torch.tensor([1.0, 1.0, 2.0, 1.0])
+    assert torch.equal(y[0, 0], line[:, None] * line[None, :])
+    assert isinstance(model.convs["up"], nn.ConvTranspose2d)
+
+
 def test_unknown_op_names_op_and_node(tmp_path: Path) -> None:
     nodes = [{"name": "weird/node", "op": "FancyOp", "input": ["x"]}]
     path = _write_model(tmp_path, nodes, {}, (4, 4, 1), ["weird/node"])
