@@ -9,12 +9,14 @@ so a resumed run continues exactly as an uninterrupted one would.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -175,7 +177,9 @@ def distill(
     for clips in loader:
         torch.manual_seed(seed * 1_000_003 + step * 7919 + d.rank)  # Gumbel noise: a function of the step
         clips = clips.to(device, non_blocking=True)
-        frames = clips.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        # Plain NCHW on purpose: oneDNN's 1x1 weight-gradient kernel in torch 2.13 CPU can spin
+        # forever on channels_last inputs of some shapes (seen at 56x56 and 64x64).
+        frames = clips.flatten(0, 1).contiguous()
         with torch.no_grad(), mode(model, "teacher"):
             reference = model(frames)
         with mode(model, "clip", clip_len=t_len):
@@ -207,6 +211,9 @@ def distill(
     result.expected_cost = cost_model.expected().item()
     result.reached_cost = cost_model.hard()
     result.choices = {n: layer.chosen() for n, layer in delta_layers(model) if isinstance(layer, DeltaConv2d)}
+    if out is not None and os.environ.get("DELTADISTILL_DUMP_RANK_WEIGHTS"):  # lets tests compare ranks
+        weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(weights, str(out / f"rank{d.rank}.safetensors"))
     if out is not None and d.main:
         save(model, out / "model", include_teacher=finetune_teacher, extra={"distill": result.to_json()})
         atomic_write(out / "result.json", lambda p: p.write_text(json.dumps(result.to_json(), indent=1)))

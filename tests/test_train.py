@@ -1,0 +1,130 @@
+"""Distillation training: the delta loss falls, the budget steers the gates, resume is exact, bad input is refused."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import deltadistill as dd
+from deltadistill.models import TinySegNet
+from deltadistill.train.losses import CostModel, distill_loss
+from deltadistill.video import default_videos
+from tests.conftest import make_video, trained_bn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def clips(n: int = 4, size: int = 32, t: int = 3) -> torch.Tensor:
+    return torch.stack([torch.cat(make_video(frames=t, size=size, seed=s)) for s in range(n)])
+
+
+def fresh(student: str = "search", **kw) -> TinySegNet:
+    torch.manual_seed(0)
+    return dd.convert(trained_bn(TinySegNet()), dd.DeltaConfig(student=student, **kw))
+
+
+def delta_error(model: TinySegNet, clip: torch.Tensor) -> float:
+    dd.modes.record_true_delta(model)
+    with torch.no_grad(), dd.mode(model, "clip", clip_len=clip.shape[0]):
+        model(clip)
+    return distill_loss(model).item()
+
+
+def test_distillation_reduces_the_delta_loss_on_a_fixed_clip() -> None:
+    model, data = fresh("compressed", reduction=8), clips(n=1)
+    before = delta_error(model, data[0])
+    dd.distill(model, data, steps=40, lr=3e-3, w_task=0.0, progress=False)
+    after = delta_error(model, data[0])
+    assert after < 0.7 * before, (before, after)
+
+
+@pytest.mark.parametrize("budget,expected", [(0.05, "compressed"), (1.0, "full")])
+def test_budget_steers_the_gates(budget: float, expected: str) -> None:
+    model = fresh()
+    result = dd.distill(model, clips(), steps=60, budget=budget, gate_lr=0.1, w_cost=50.0, progress=False)
+    choices = set(result.choices.values())
+    assert choices == {expected}, result.choices
+    report = dd.count_macs(model, (3, 32, 32))
+    assert result.reached_cost == pytest.approx(report.delta / report.teacher)
+    if expected == "compressed":
+        assert result.reached_cost < 0.5
+
+
+def test_cost_model_matches_count_macs_for_hard_gates() -> None:
+    model = fresh(candidates=("zero", "pooled", "compressed", "full"))
+    cost = CostModel(model, (3, 40, 40))
+    report = dd.count_macs(model, (3, 40, 40))
+    assert cost.hard() == pytest.approx(report.delta / report.teacher)
+    assert 0 < cost.expected().item() < 1
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path) -> None:
+    data = clips(n=6)
+    kw = dict(budget=0.3, progress=False, checkpoint_every=3, seed=7)
+    dd.distill(full := fresh(), data, steps=8, out_dir=tmp_path / "a", **kw)
+    dd.distill(fresh(), data, steps=5, out_dir=tmp_path / "b", **kw)  # "killed" after step 5
+    assert (tmp_path / "b" / "checkpoints" / "latest").read_text() == "step-0000005"
+    resumed = fresh()
+    result = dd.distill(resumed, data, steps=8, out_dir=tmp_path / "b", resume=True, **kw)
+    assert [h["step"] for h in result.history] == list(range(1, 9))
+    a, b = full.state_dict(), resumed.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_unwritable_output_is_refused_before_training(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(PermissionError, match="cannot write checkpoints"):
+        dd.distill(fresh(), clips(n=1), steps=1, out_dir=blocker / "out", progress=False)
+
+
+def test_bad_clips_are_refused() -> None:
+    with pytest.raises(ValueError, match="T >= 2"):
+        dd.distill(fresh(), torch.rand(2, 1, 3, 32, 32), steps=1, progress=False)
+    with pytest.raises(ValueError, match="budget"):
+        dd.distill(fresh(), clips(n=1), steps=1, budget=2.0, progress=False)
+    with pytest.raises(ValueError, match="no trainable delta layers"):
+        dd.distill(dd.deploy(fresh()), clips(n=1), steps=1, progress=False)
+
+
+def _cli(*args: str, timeout: int = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})})
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "corrupt"])
+def test_cli_rejects_bad_videos_with_one_clear_line(tmp_path, kind: str) -> None:
+    video = tmp_path / f"{kind}.mp4"
+    if kind == "empty":
+        video.write_bytes(b"")
+    elif kind == "corrupt":
+        video.write_bytes(os.urandom(4096))
+    r = _cli("deltadistill", "distill", "--teacher", "tinyseg", "--videos", str(video), "--out", str(tmp_path / "o"),
+             "--steps", "1")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: ") and str(video) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_torchrun_two_processes_agree(tmp_path) -> None:
+    """2 ranks, gloo, a few steps on real video; each rank dumps its weights and they must be identical."""
+    out = tmp_path / "ddp"
+    r = _cli("torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "deltadistill",
+             "distill", "--teacher", "tinyseg", "--videos", str(default_videos()["bikes"]), "--out", str(out),
+             "--steps", "3", "--size", "48", "--workers", "0", "--checkpoint-every", "3",
+             timeout=300, env={"DELTADISTILL_DUMP_RANK_WEIGHTS": "1", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    w0, w1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
+    assert w0.keys() == w1.keys() and len(w0) > 10
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    saved = load_file(str(out / "model" / "students.safetensors"))
+    assert all(torch.equal(saved[k], w0[k]) for k in saved)
+    start = dd.convert(trained_bn(TinySegNet()), dd.DeltaConfig()).state_dict()
+    assert any(not torch.equal(w0[k], start[k]) for k in saved if k in start)  # training really moved them
