@@ -68,3 +68,60 @@ def distill(
                    f"delta frame costs {result.reached_cost:.1%} of the teacher (budget "
                    f"{'none' if budget is None else f'{budget:.0%}'}); model in {out / 'model'}")
 
+
+
+@app.command()
+def demo(
+    teacher: str = typer.Option("centernet", help="centernet (detection) or selfie (segmentation)"),
+    out: Path = typer.Option(Path("runs/demo"), help="output directory"),
+    quick: bool = typer.Option(False, help="a ~2 minute version (fewer steps and frames), as CI runs"),
+    threads: int = typer.Option(0, help="torch threads (0: torch's default)"),
+) -> None:
+    """The main job on the built-in default: fetch, convert, distill, evaluate, report, render."""
+    from deltadistill.demo import run_demo
+    from deltadistill.teachers import TeacherFetchError
+
+    try:
+        run_demo(teacher, out, quick=quick, threads=threads or None)
+    except (*USER_ERRORS, TeacherFetchError) as e:
+        _fail(e)
+
+
+@app.command()
+def bench(
+    teacher: str = typer.Option(..., help="teacher name or TF.js model.json"),
+    model: Path = typer.Option(..., help="a model directory written by distill/demo/save"),
+    video: Path = typer.Option(..., help="video to run both models on"),
+    keyframe_interval: int = typer.Option(8, min=1),
+    start: int = typer.Option(0, min=0, help="first frame"),
+    frames: int = typer.Option(0, min=0, help="number of frames (0: to the end)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report here"),
+    render: Optional[Path] = typer.Option(None, help="also write a side-by-side mp4 here"),
+    sweep: bool = typer.Option(False, help="also sweep keyframe intervals and plot accuracy vs GMACs"),
+    intervals: str = typer.Option("2,4,8,16", help="keyframe intervals for --sweep"),
+    threads: int = typer.Option(0, help="torch threads for both models (0: torch's default)"),
+) -> None:
+    """Teacher vs delta model on the same frames, in one process: MACs, ms, speedup, accuracy, consistency."""
+    from deltadistill.bench import evaluate_on_video, load_delta_model
+    from deltadistill.report import table, write_json
+    from deltadistill.teacher_resolve import resolve_teacher
+
+    try:
+        t = resolve_teacher(teacher)
+        m = load_delta_model(t, model)
+        stop = start + frames if frames else None
+        report, _ = evaluate_on_video(t, m, video, keyframe_interval=keyframe_interval, start=start, stop=stop,
+                                      out_video=render, threads=threads or None, name=teacher)
+        if sweep:
+            from deltadistill.bench import sweep as run_sweep
+
+            png = (json_out or Path("bench.json")).with_suffix(".pareto.png")
+            report["sweep"] = run_sweep(t, m, video, [int(k) for k in intervals.split(",")], png, start, stop)
+            typer.echo(f"Pareto plot: {png}")
+    except USER_ERRORS as e:
+        _fail(e)
+        return
+    typer.echo(table(report))
+    if json_out:
+        write_json(json_out, report)
+        typer.echo(f"report: {json_out}")

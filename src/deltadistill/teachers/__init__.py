@@ -7,6 +7,13 @@ from .fetch import TeacherFetchError, fetch
 from .tfjs_graph import TFJSGraphModule, UnsupportedOpError, conv_stats
 from .zoo import CenterNetTeacher, SelfieTeacher, Teacher, available, load
 
+
+def from_tfjs(model_json: str) -> TFJSGraphModule:
+    """Any TF.js graph model as a teacher: its outputs as a tuple, distilled with an MSE task loss."""
+    graph = TFJSGraphModule(model_json).eval()
+    graph.task_loss = "mse"
+    return graph
+
 __all__ = [
     "CenterNetTeacher",
     "SelfieTeacher",
@@ -17,5 +24,6 @@ __all__ = [
     "available",
     "conv_stats",
     "fetch",
+    "from_tfjs",
     "load",
 ]

@@ -55,13 +55,14 @@ class TeacherSpec:
     outputs: tuple[str, ...]
     class_names: tuple[str, ...]
     divisor: float  # model input = uint8 RGB / divisor (division, as human does, for bit-exact parity)
+    task_loss: str = "mse"  # the distillation task loss (deltadistill.train.losses.TASK_LOSSES)
 
 
 SPECS: dict[str, TeacherSpec] = {
     "centernet": TeacherSpec("centernet", "detection", (512, 512), ("tower_0/keypoints", "tower_0/wh"),
-                             COCO_CLASSES, 1.0),
+                             COCO_CLASSES, 1.0, "centernet"),
     "selfie": TeacherSpec("selfie", "segmentation", (256, 256), ("activation_10",),
-                          ("background", "person"), 255.0),
+                          ("background", "person"), 255.0, "seg_bce"),
 }
 
 
@@ -75,6 +76,8 @@ class Teacher(nn.Module):
         self.task = spec.task
         self.input_size = spec.input_size
         self.class_names = list(spec.class_names)
+        self.task_loss = spec.task_loss
+        self.input_range = 255.0 / spec.divisor  # frames in 0..1 times this = the model's input
         self.graph = graph
 
     def preprocess(self, frames: np.ndarray) -> Tensor:

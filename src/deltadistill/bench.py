@@ -1,0 +1,111 @@
+"""`deltadistill bench`: teacher and delta model over the same frames of a video, in one process.
+
+Writes the report.json schema (GMACs amortised, median ms, speedup, accuracy vs the teacher,
+temporal consistency), optionally the side-by-side mp4, and with ``sweep`` a Pareto plot of
+accuracy against GMACs per frame over keyframe intervals.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import load, read_meta
+from .deploy import deploy
+from .evaluate import Comparison, compare
+from .layer import DeltaConv2d
+from .macs import count_macs
+from .report import build_report
+from .tasks import task_for
+from .video import VideoWriter, iter_frames, side_by_side, video_info
+
+
+def load_delta_model(teacher: nn.Module, model_dir: str | Path) -> nn.Module:
+    """A fresh copy of ``teacher`` with the checkpoint's students, deployed."""
+    read_meta(model_dir)  # clear error before the deep copy
+    model = load(copy.deepcopy(teacher), model_dir)
+    if any(isinstance(m, DeltaConv2d) for m in model.modules()):
+        deploy(model)
+    return model.eval()
+
+
+def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *, keyframe_interval: int,
+                      start: int = 0, stop: int | None = None, out_video: str | Path | None = None,
+                      threads: int | None = None, progress: bool = True, name: str | None = None) -> tuple[dict, Comparison]:
+    """Run both models over ``video[start:stop]``; return (report dict, per-frame comparison)."""
+    if threads:
+        torch.set_num_threads(threads)
+    task = task_for(teacher)
+    size = tuple(teacher.input_size)
+    info = video_info(video)
+    stop = min(stop or info.frames, info.frames)
+    macs = count_macs(model, (3, *size), keyframe_interval)
+    tc_teacher, tc_delta = task.consistency(), task.consistency()
+    writer = VideoWriter(out_video, fps=info.fps).__enter__() if out_video else None
+    running = {"g": 0.0}
+
+    def on_frame(i: int, frame: np.ndarray, t_pred: Any, d_pred: Any, key: bool) -> None:
+        tc_teacher.update(frame, t_pred)
+        tc_delta.update(frame, d_pred)
+        running["g"] += (macs.keyframe if key else macs.delta) / 1e9
+        if writer is not None:
+            writer.write(side_by_side(
+                task.draw(frame, t_pred), task.draw(frame, d_pred), f"teacher  frame {start + i}",
+                f"delta model  {'KEYFRAME' if key else 'delta frame'}",
+                f"{macs.teacher / 1e9:.2f} GMAC/frame",
+                f"{(macs.keyframe if key else macs.delta) / 1e9:.2f} GMAC now, {running['g'] / (i + 1):.2f} avg",
+                right_is_key=key))
+
+    try:
+        cmp = compare(teacher, model, iter_frames(video, size, "letterbox", start, stop),
+                      keyframe_interval=keyframe_interval, preprocess=teacher.preprocess,
+                      postprocess=lambda out: task.single(teacher.postprocess(out)),
+                      on_frame=on_frame, total=stop - start, progress=progress)
+    except BaseException as e:
+        if writer is not None:
+            writer.__exit__(type(e), e, None)
+        raise
+    if writer is not None:
+        writer.__exit__(None, None, None)
+    accuracy = task.accuracy(cmp.delta_preds, cmp.teacher_preds)
+    report = build_report(name or getattr(teacher, "name", type(teacher).__name__), str(video), cmp, macs,
+                          accuracy, task.metric,
+                          {"teacher": tc_teacher.compute(), "delta": tc_delta.compute()},
+                          {"frame_range": [start, stop], "threads": torch.get_num_threads()})
+    return report, cmp
+
+
+def sweep(teacher: nn.Module, model: nn.Module, video: str | Path, intervals: list[int], out_png: Path,
+          start: int = 0, stop: int | None = None, progress: bool = True) -> list[dict]:
+    """Accuracy vs amortised GMACs over keyframe intervals; the teacher is the point (its GMACs, 1.0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = []
+    for k in intervals:
+        report, _ = evaluate_on_video(teacher, model, video, keyframe_interval=k, start=start, stop=stop,
+                                      progress=progress)
+        points.append({"keyframe_interval": k, "gmacs": report["gmacs_per_frame"]["delta"],
+                       "accuracy": report["accuracy"]["value"], "speedup": report["speedup"]})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p["gmacs"] for p in points], [p["accuracy"] for p in points], "o-", label="delta model")
+    for p in points:
+        ax.annotate(f"K={p['keyframe_interval']}", (p["gmacs"], p["accuracy"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    ax.plot([report["gmacs_per_frame"]["teacher"]], [1.0], "k*", ms=12, label="teacher")
+    ax.set_xlabel("GMAC / frame (amortised)")
+    ax.set_ylabel(report["accuracy"]["metric"])
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return points

@@ -1,0 +1,90 @@
+"""The side-by-side report: `report.json` (a fixed schema), a printed table, and a plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import atomic_write
+from .evaluate import Comparison
+from .macs import MacReport
+
+
+def build_report(teacher_name: str, video: str, cmp: Comparison, macs: MacReport, accuracy: dict[str, Any],
+                 metric: str, consistency: dict[str, float], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report.json schema; the first keys are fixed, more may follow."""
+    report = {
+        "teacher": teacher_name,
+        "video": video,
+        "frames": cmp.frames,
+        "keyframe_interval": cmp.keyframe_interval,
+        "gmacs_per_frame": {"teacher": macs.teacher / 1e9, "delta": macs.amortised / 1e9},
+        "mac_ratio": macs.ratio,
+        "ms_per_frame": {"teacher": cmp.teacher_ms, "delta": cmp.delta_ms},
+        "speedup": cmp.teacher_ms / cmp.delta_ms,
+        "accuracy": {"metric": metric, **accuracy},
+        "temporal_consistency": consistency,
+        "detail": {
+            "gmacs_keyframe": macs.keyframe / 1e9, "gmacs_delta_frame": macs.delta / 1e9,
+            "ms_keyframe": cmp.key_ms, "ms_delta_frame": cmp.delta_frame_ms,
+            "speedup_over_mac_ratio": (cmp.teacher_ms / cmp.delta_ms) / macs.ratio,
+            "timing": "median ms after warm-up, interleaved in one process, channels_last; delta amortised "
+                      "as (key + (K-1) * delta frame) / K",
+        },
+    }
+    report.update(extra or {})
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    g, ms, tc = report["gmacs_per_frame"], report["ms_per_frame"], report["temporal_consistency"]
+    acc = report["accuracy"]
+    rows = [
+        ("", "teacher", "delta model", "ratio"),
+        (f"GMAC/frame (K={report['keyframe_interval']})", f"{g['teacher']:.3f}", f"{g['delta']:.3f}",
+         f"{report['mac_ratio']:.2f}x fewer"),
+        ("CPU ms/frame", f"{ms['teacher']:.1f}", f"{ms['delta']:.1f}", f"{report['speedup']:.2f}x faster"),
+        (acc["metric"], "1.000", f"{acc['value']:.3f}", ""),
+        ("temporal consistency", f"{tc['teacher']:.3f}", f"{tc['delta']:.3f}", ""),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + f"\n({report['frames']} frames of {Path(report['video']).name})"
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(report, indent=2)))
+
+
+def plot(path: Path, cmp: Comparison, macs: MacReport, title: str) -> None:
+    """Per-frame MACs and wall-clock time of teacher and delta model, keyframes marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = cmp.frames
+    x = np.arange(n)
+    key = np.array(cmp.is_key)
+    delta_g = np.where(key, macs.keyframe, macs.delta) / 1e9
+    fig, (a, b) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    a.step(x, np.full(n, macs.teacher / 1e9), where="mid", label="teacher", color="0.3")
+    a.step(x, delta_g, where="mid", label="delta model", color="tab:blue")
+    a.axhline(macs.amortised / 1e9, ls="--", color="tab:blue", lw=1, label=f"delta, amortised ({macs.ratio:.2f}x fewer)")
+    a.set_ylabel("GMAC / frame")
+    a.legend(loc="upper right", fontsize=8)
+    b.plot(x, cmp.ms_teacher, label=f"teacher (median {cmp.teacher_ms:.0f} ms)", color="0.3")
+    b.plot(x, cmp.ms_delta, label=f"delta model (amortised {cmp.delta_ms:.0f} ms)", color="tab:blue")
+    b.scatter(x[key], np.array(cmp.ms_delta)[key], color="tab:orange", s=12, zorder=3, label="keyframes")
+    b.set_ylabel("CPU ms / frame")
+    b.set_xlabel("frame")
+    b.legend(loc="upper right", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
