@@ -30,6 +30,8 @@ class DeltaConfig:
         and last; otherwise a type, a name regex, a sequence of those, or ``fn(name, module) -> bool``.
         A layer named exactly that cannot be converted raises an error; others are skipped with a reason.
     candidates: the students the gate chooses between when ``student == "search"``.
+    prefer, gate_init: the gate starts with logit ``gate_init`` on ``prefer`` (if a candidate) and 0
+        elsewhere, so a short search starts from the paper's SVD student rather than a tie.
     """
 
     student: str = "search"
@@ -37,7 +39,8 @@ class DeltaConfig:
     policy: Literal["min", "out"] = "min"
     targets: TargetSpec = None
     candidates: tuple[str, ...] = ("compressed", "full")
-    gate_init: float = 0.0
+    prefer: str | None = "compressed"
+    gate_init: float = 1.0
     tau: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 

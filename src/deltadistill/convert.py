@@ -102,7 +102,7 @@ def convert(model: nn.Module, config: DeltaConfig | None = None) -> nn.Module:
         records.append(rec)
         if rec.converted:
             students: dict[str, Student] = {s: STUDENTS[s].from_teacher(m, config) for s in rec.students}
-            layer = DeltaConv2d(m, students, config.tau, config.gate_init)
+            layer = DeltaConv2d(m, students, config.tau, config.gate_init, config.prefer)
             _replace(model, name, layer.train(m.training))  # new layers follow the model's train/eval state
     order = {n: i for i, (n, _) in enumerate(named)}
     records.sort(key=lambda r: order.get(r.name, 0))

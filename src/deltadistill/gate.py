@@ -15,10 +15,11 @@ class GumbelGate(nn.Module):
     ``sigmoid(b - a + logistic noise)``. Evaluation uses the most probable student, no noise.
     """
 
-    def __init__(self, n: int, init: float = 0.0) -> None:
+    def __init__(self, n: int, init: float = 0.0, prefer: int | None = None) -> None:
         super().__init__()
         logits = torch.zeros(n)
-        logits[-1] = init  # positive init leans toward the last (most expensive) candidate
+        if prefer is not None:
+            logits[prefer] = init
         self.logits = nn.Parameter(logits)
 
     def probs(self) -> Tensor:

@@ -73,14 +73,16 @@ class DeltaConv2d(DeltaLayer):
     """
 
     def __init__(self, base: nn.Conv2d, students: dict[str, Student], tau: float = 1.0,
-                 gate_init: float = 0.0) -> None:
+                 gate_init: float = 0.0, prefer: str | None = None) -> None:
         super().__init__()
         if not students:
             raise ValueError("DeltaConv2d needs at least one student")
         self.base = base
         self.base.requires_grad_(False)
         self.students = nn.ModuleDict(students)
-        self.gate = GumbelGate(len(students), gate_init) if len(students) > 1 else None
+        names = list(students)
+        self.gate = GumbelGate(len(names), gate_init, names.index(prefer) if prefer in names else None) \
+            if len(names) > 1 else None
         self.tau = tau
         self.record_true_delta = False
         self.last_pred_delta: Tensor | None = None

@@ -1,0 +1,63 @@
+"""The main job end to end (`deltadistill demo --quick`, as CI runs it) and `deltadistill bench` on its model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+from deltadistill.video import default_videos
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = {"teacher", "video", "frames", "keyframe_interval", "gmacs_per_frame", "mac_ratio", "ms_per_frame",
+          "speedup", "accuracy", "temporal_consistency"}
+
+
+def cli(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deltadistill", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    r = cli("demo", "--quick", "--out", str(out))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "mAP50_vs_teacher" in r.stdout and "6/6 done" in r.stdout
+    return out
+
+
+def test_demo_quick_writes_a_valid_report(demo_dir: Path) -> None:
+    report = json.loads((demo_dir / "report.json").read_text())
+    assert SCHEMA <= report.keys()
+    assert report["teacher"] == "centernet" and report["keyframe_interval"] == 8 and report["frames"] == 24
+    g, ms = report["gmacs_per_frame"], report["ms_per_frame"]
+    assert g["teacher"] == pytest.approx(1.295, abs=0.01) and 0 < g["delta"] < g["teacher"]
+    assert report["mac_ratio"] == pytest.approx(g["teacher"] / g["delta"])
+    assert report["speedup"] == pytest.approx(ms["teacher"] / ms["delta"])
+    assert report["accuracy"]["metric"] == "mAP50_vs_teacher" and 0 <= report["accuracy"]["value"] <= 1
+    assert all(0 <= v <= 1 for v in report["temporal_consistency"].values())
+    with av.open(str(demo_dir / "side_by_side.mp4")) as c:
+        assert c.streams.video[0].frames == 24 and c.streams.video[0].width > 1000
+    assert (demo_dir / "plot.png").stat().st_size > 10_000
+    assert (demo_dir / "model" / "students.safetensors").is_file()
+
+
+def test_bench_runs_on_the_demo_model(demo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    r = cli("bench", "--teacher", "centernet", "--model", str(demo_dir / "model"), "--video",
+            str(default_videos()["bikes"]), "--start", "200", "--frames", "12", "--keyframe-interval", "4",
+            "--json", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert SCHEMA <= report.keys() and report["frames"] == 12 and report["keyframe_interval"] == 4
+
+
+def test_bench_refuses_a_bad_model_dir(tmp_path: Path) -> None:
+    r = cli("bench", "--teacher", "centernet", "--model", str(tmp_path), "--video", str(default_videos()["bikes"]))
+    assert r.returncode == 2 and "not a deltadistill checkpoint" in r.stderr and "Traceback" not in r.stderr
