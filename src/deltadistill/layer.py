@@ -196,6 +196,11 @@ class DeployedDeltaConv2d(DeltaLayer):
     def student_macs(self, in_hw: tuple[int, int] | None = None) -> dict[str, int]:
         return {self.student_name: self.student.macs(in_hw or self._hw())}
 
+    @property
+    def output_is_constant(self) -> bool:
+        """True when a delta frame's output is the keyframe's: a graph may then skip what feeds only this."""
+        return self.mode == "stream" and self.student.is_zero
+
     def chosen(self) -> str:
         return self.student_name
 

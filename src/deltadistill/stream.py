@@ -47,6 +47,8 @@ class DeltaStream:
         self.model = model
         self.policy: KeyframePolicy = EveryK(keyframe) if isinstance(keyframe, int) else keyframe
         self.layers = [layer for _, layer in delta_layers(model)]
+        # modules that can use per-stream state themselves (e.g. a graph skipping unchanged subgraphs)
+        self.aware = [m for m in model.modules() if getattr(m, "supports_stream_state", False)]
         if not self.layers:
             raise ValueError("model has no delta layers: call deltadistill.convert(model, config) first")
         self.reset()
@@ -56,6 +58,7 @@ class DeltaStream:
         self.step = 0
         self.shape: torch.Size | None = None
         self.caches: list[dict] = [{} for _ in self.layers]
+        self.aware_caches: list[dict] = [{} for _ in self.aware]
         self.last_key: Tensor | bool = True
         self.policy.reset()
 
@@ -86,11 +89,15 @@ class DeltaStream:
         set_mode(self.model, "stream")
         for layer, cache in zip(self.layers, self.caches, strict=True):
             layer.cache, layer.key = cache, key
+        for m, cache in zip(self.aware, self.aware_caches, strict=True):
+            m.stream_state = {"key": key, "cache": cache}
         try:
             out = self.model(frame)
         finally:
             for layer in self.layers:
                 layer.cache = None
+            for m in self.aware:
+                m.stream_state = None
         self.shape = frame.shape
         self.last_key = key
         self.step += 1

@@ -156,6 +156,7 @@ class TFJSGraphModule(nn.Module):
         self._nchw_of: dict[int, int] = {}
         # (fn, input slots, output slots, conv module name or None); a named module is passed as fn's 1st arg
         self._steps: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...], str | None]] = []
+        self._plans: dict[frozenset[str], tuple[tuple[bool, ...], frozenset[int]]] = {}
         self.input_names: list[str] = []
         self._input_slots: list[int] = []
         self._runtime_consts: set[int] = set()
@@ -555,6 +556,32 @@ class TFJSGraphModule(nn.Module):
                 self._release[i] += (s,)
 
     # ------------------------------------------------------------------ execution
+    #: DeltaStream binds ``stream_state = {"key": bool | Tensor, "cache": dict}`` here before each frame.
+    supports_stream_state = True
+
+    def _static_plan(self, frozen: frozenset[str]) -> tuple[tuple[bool, ...], frozenset[int]]:
+        """Steps whose result can't change between keyframes when the convs in ``frozen`` output constants.
+
+        A step is static if it is a frozen conv, or if all its inputs are static (constants or static
+        results). Returns the skip flags and the border: static slots that dynamic steps or the graph's
+        outputs read, which a keyframe caches and a delta frame reuses instead of recomputing.
+        """
+        if frozen in self._plans:
+            return self._plans[frozen]
+        static = set(self._consts) | {slot for slot, _ in self._const_loads}
+        produced: set[int] = set()
+        skip = []
+        for _, ins, outs, mod in self._steps:
+            is_static = mod in frozen if mod is not None else bool(ins) and all(i in static for i in ins)
+            skip.append(is_static)
+            if is_static:
+                static.update(outs)
+                produced.update(outs)
+        border = {i for (_, ins, _, _), sk in zip(self._steps, skip, strict=True) if not sk for i in ins if i in produced}
+        border |= {o for o in self._output_slots if o in produced}
+        self._plans[frozen] = (tuple(skip), frozenset(border))
+        return self._plans[frozen]
+
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         if len(inputs) != len(self._input_slots):
             raise TypeError(f"expected {len(self._input_slots)} inputs ({self.input_names}), got {len(inputs)}")
@@ -564,9 +591,29 @@ class TFJSGraphModule(nn.Module):
         buffers, convs = self._buffers, self.convs
         for slot, name in self._const_loads:
             env[slot] = buffers[name]
-        for (fn, ins, outs, mod), release in zip(self._steps, self._release, strict=True):
+        skip: tuple[bool, ...] = ()
+        border: frozenset[int] = frozenset()
+        state = getattr(self, "stream_state", None)
+        if state is not None and not isinstance(state["key"], bool):
+            state["cache"].clear()  # per-stream keyframes in one batch: no shared static part to reuse
+        elif state is not None:
+            frozen = frozenset(n for n, m in convs.items() if getattr(m, "output_is_constant", False))
+            if frozen:
+                plan_skip, border = self._static_plan(frozen)
+                cache = state["cache"]
+                if state["key"]:
+                    cache.clear()
+                elif cache.get("frozen") == frozen:  # a delta frame: reuse what cannot have changed
+                    skip = plan_skip
+                    for s_, v in cache["border"].items():
+                        env[s_] = v
+                    border = frozenset()
+        keep: dict[int, Tensor] = {}
+        for i, ((fn, ins, outs, mod), release) in enumerate(zip(self._steps, self._release, strict=True)):
+            if skip and skip[i]:
+                continue
             if mod is None:
-                r = fn(*[env[i] for i in ins])
+                r = fn(*[env[j] for j in ins])
             else:
                 r = fn(convs[mod], env[ins[0]])
             if len(outs) == 1:
@@ -574,9 +621,13 @@ class TFJSGraphModule(nn.Module):
             else:
                 for o, v in zip(outs, r, strict=True):
                     env[o] = v
-            for s in release:
-                env[s] = None
-        return tuple(env[s] for s in self._output_slots)
+            if border:
+                keep.update((o, env[o]) for o in outs if o in border)
+            for s_ in release:
+                env[s_] = None
+        if border:  # a keyframe with frozen convs: remember the static part's border values
+            state["cache"].update(frozen=frozen, border=keep)
+        return tuple(env[s_] for s_ in self._output_slots)
 
 
 def conv_stats(model: nn.Module, *inputs: Tensor) -> dict[str, int]:
