@@ -76,13 +76,15 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="output directory"),
     quick: bool = typer.Option(False, help="a ~2 minute version (fewer steps and frames), as CI runs"),
     threads: int = typer.Option(0, help="torch threads (0: torch's default)"),
+    steps: Optional[int] = typer.Option(None, min=0, help="override the plan's training steps"),
+    budget: Optional[float] = typer.Option(None, help="override the plan's delta-frame MAC budget"),
 ) -> None:
     """The main job on the built-in default: fetch, convert, distill, evaluate, report, render."""
     from deltadistill.demo import run_demo
     from deltadistill.teachers import TeacherFetchError
 
     try:
-        run_demo(teacher, out, quick=quick, threads=threads or None)
+        run_demo(teacher, out, quick=quick, threads=threads or None, steps=steps, budget=budget)
     except (*USER_ERRORS, TeacherFetchError) as e:
         _fail(e)
 

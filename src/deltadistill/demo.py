@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -55,13 +55,19 @@ def say(msg: str) -> None:
 
 
 def run_demo(teacher_name: str = "centernet", out: str | Path = "runs/demo", quick: bool = False,
-             threads: int | None = None, seed: int = 0) -> dict:
-    """Run the whole job; returns the report dict (also written to ``out/report.json``)."""
+             threads: int | None = None, seed: int = 0, steps: int | None = None,
+             budget: float | None = None) -> dict:
+    """Run the whole job; returns the report dict (also written to ``out/report.json``).
+
+    ``steps`` and ``budget`` override the teacher's plan (for longer runs and sweeps).
+    """
     from . import teachers
 
     if teacher_name not in PLANS:
         raise ValueError(f"no demo for teacher {teacher_name!r}; choose from {sorted(PLANS)}")
     plan, out = PLANS[teacher_name], Path(out)
+    if budget is not None:
+        plan = replace(plan, budget=budget)
     out.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(threads)
@@ -74,7 +80,7 @@ def run_demo(teacher_name: str = "centernet", out: str | Path = "runs/demo", qui
     n_conv = len(model.delta_report.converted)
     say(f"2/6 converted {n_conv} convs ({len(model.delta_report.skipped)} kept dense); students: "
         f"{', '.join(plan.candidates)}, gamma={plan.reduction}")
-    steps = plan.quick_steps if quick else plan.steps
+    steps = steps if steps is not None else plan.quick_steps if quick else plan.steps
     clips = VideoClips([videos[v] for v in plan.train_videos], clip_len=plan.clip_len,
                        max_interval=plan.keyframe_interval, size=tuple(teacher.input_size),
                        frame_range=(0.0, TRAIN_FRACTION), seed=seed, value_range=teacher.input_range)

@@ -68,6 +68,12 @@ def resize_bilinear(x: Tensor, size: tuple[int, int], align_corners: bool = Fals
         return F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)
     if align_corners and out_h > 1 and out_w > 1:
         return F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=True)
+    if not align_corners and not half_pixel_centers and out_h % in_h == 0 and out_w % in_w == 0:
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            nhwc = x.permute(0, 2, 3, 1)  # work in the memory order we have: the result stays channels_last
+            up = _legacy_upsample(_legacy_upsample(nhwc, out_w // in_w, 2), out_h // in_h, 1)
+            return up.permute(0, 3, 1, 2)
+        return _legacy_upsample(_legacy_upsample(x, out_w // in_w, 3), out_h // in_h, 2)
     y0, y1, fy = _resize_taps(in_h, out_h, align_corners, half_pixel_centers)
     x0, x1, fx = _resize_taps(in_w, out_w, align_corners, half_pixel_centers)
     dev = x.device
@@ -81,6 +87,21 @@ def resize_bilinear(x: Tensor, size: tuple[int, int], align_corners: bool = Fals
     bottom = r1.index_select(-1, x0)
     bottom = bottom + (r1.index_select(-1, x1) - bottom) * fx
     return top + (bottom - top) * fy
+
+
+def _legacy_upsample(x: Tensor, s: int, dim: int) -> Tensor:
+    """Legacy TF bilinear upsampling by an integer factor along one axis, without gathers.
+
+    Output ``s*i + j`` is ``x[i] + (x[i+1] - x[i]) * j/s`` (the last row repeats), as TF computes it.
+    Width first, then height: TF's own order of operations.
+    """
+    if s == 1:
+        return x
+    n = x.shape[dim]
+    nxt = torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim) if n > 1 else x
+    diff = nxt - x
+    parts = [x] + [x + diff * (j / s) for j in range(1, s)]
+    return torch.stack(parts, dim + 1).flatten(dim, dim + 1)
 
 
 def max_pool(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: str) -> Tensor:
@@ -160,4 +181,12 @@ BINARY: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "SquaredDifference": lambda a, b: torch.square(a - b),
 }
 
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {k: UNARY[k] for k in ("Relu", "Relu6", "Sigmoid", "Tanh", "Elu")}
+# Fused conv activations run in place: they only ever see a conv's freshly made output, so this saves
+# one allocation and one pass over memory per conv.
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "Relu": torch.relu_,
+    "Relu6": lambda x: F.hardtanh_(x, 0.0, 6.0),
+    "Sigmoid": torch.sigmoid_,
+    "Tanh": torch.tanh_,
+    "Elu": F.elu_,
+}

@@ -1,0 +1,67 @@
+"""Teacher vs distilled delta model on held-out frames of the default video: the issue-5 targets.
+
+Run after the demo has trained a model, e.g.
+    deltadistill demo --out runs/demo                       # centernet, K=8
+    python benchmarks/bench_teachers.py --teacher centernet --model runs/demo/model --k 8
+    deltadistill demo --teacher selfie --out runs/demo-selfie
+    python benchmarks/bench_teachers.py --teacher selfie --model runs/demo-selfie/model --k 4
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from deltadistill import teachers
+from deltadistill.bench import evaluate_on_video, load_delta_model
+from deltadistill.demo import PLANS, TRAIN_FRACTION
+from deltadistill.video import default_videos, video_info
+
+try:
+    from _report import write_section
+except ImportError:
+    from benchmarks._report import write_section
+
+TARGETS = {"centernet": {"mac_ratio": 4.0, "accuracy": 0.90, "wall_share": 0.75},
+           "selfie": {"mac_ratio": 2.0, "accuracy": 0.95, "wall_share": None}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", default="centernet", choices=sorted(PLANS))
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--k", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    plan = PLANS[args.teacher]
+    k = args.k or plan.keyframe_interval
+    teacher = teachers.load(args.teacher)
+    model = load_delta_model(teacher, args.model)
+    video = default_videos()[plan.eval_video]
+    start = int(TRAIN_FRACTION * video_info(video).frames)
+    report, _ = evaluate_on_video(teacher, model, video, keyframe_interval=k, start=start, name=args.teacher)
+    t = TARGETS[args.teacher]
+    wall_share = report["speedup"] / report["mac_ratio"]
+    ok = lambda good: "met" if good else "**not met**"  # noqa: E731
+    g, ms, acc, tc = report["gmacs_per_frame"], report["ms_per_frame"], report["accuracy"], report["temporal_consistency"]
+    d = report["detail"]
+    body = f"""Held-out frames {start}..{report['frames'] + start - 1} of `{plan.eval_video}` ({report['frames']} frames), K={k}, batch 1, channels_last, {report['threads']} threads, teacher and delta model interleaved in one process.
+
+| | teacher | delta model | ratio |
+|---|---|---|---|
+| GMAC / frame (amortised) | {g['teacher']:.3f} | {g['delta']:.3f} | **{report['mac_ratio']:.2f}x** fewer |
+| GMAC keyframe / delta frame | | {d['gmacs_keyframe']:.3f} / {d['gmacs_delta_frame']:.3f} | |
+| CPU ms / frame (amortised) | {ms['teacher']:.1f} | {ms['delta']:.1f} | **{report['speedup']:.2f}x** faster |
+| CPU ms keyframe / delta frame | | {d['ms_keyframe']:.1f} / {d['ms_delta_frame']:.1f} | |
+| {acc['metric']} | 1.000 | {acc['value']:.3f} | |
+| temporal consistency | {tc['teacher']:.3f} | {tc['delta']:.3f} | |
+
+Targets: MAC ratio >= {t['mac_ratio']}: {ok(report['mac_ratio'] >= t['mac_ratio'])}; accuracy >= {t['accuracy']}: {ok(acc['value'] >= t['accuracy'])}; wall-clock speedup is {wall_share:.0%} of the MAC ratio{'' if t['wall_share'] is None else f" (target {t['wall_share']:.0%}: {ok(wall_share >= t['wall_share'])})"}.
+"""
+    print(write_section(f"teacher-{args.teacher}", f"{args.teacher}: teacher vs delta model, K={k}", body))
+
+
+if __name__ == "__main__":
+    main()
