@@ -1,11 +1,11 @@
 """deltadistill: make a per-frame video CNN 2-4x cheaper per frame by Delta Distillation.
 
     import deltadistill as dd
-    model = dd.convert(teacher, dd.DeltaConfig(reduction=4))   # students + gates, in place
-    dd.distill(model, videos, steps=500, budget=0.25)            # unlabelled video is enough
-    dd.deploy(model)                                             # hard choices, lean layers
+    model = dd.convert(dd.teachers.load("centernet"), dd.DeltaConfig(reduction=16))
+    dd.distill(model, clips, steps=300, budget=0.12)   # clips: deltadistill.video.VideoClips
+    dd.deploy(model)                                    # hard choices, lean layers
     stream = dd.DeltaStream(model, keyframe=dd.EveryK(8))
-    for frame in frames: out = stream(frame)
+    outputs = [stream(x) for x in frames]               # (B, 3, H, W) tensors
 """
 
 from .checkpoint import CheckpointError, load, save
@@ -26,3 +26,12 @@ __all__ = [
     "convert", "count_macs", "deploy", "distill", "load", "mode", "register_student", "save", "set_mode", "summary",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Load the heavier subpackages (teachers, video, metrics) only when first used."""
+    if name in ("teachers", "video", "metrics", "models"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'deltadistill' has no attribute {name!r}")
