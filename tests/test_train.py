@@ -128,3 +128,28 @@ def test_torchrun_two_processes_agree(tmp_path) -> None:
     assert all(torch.equal(saved[k], w0[k]) for k in saved)
     start = dd.convert(trained_bn(TinySegNet()), dd.DeltaConfig()).state_dict()
     assert any(not torch.equal(w0[k], start[k]) for k in saved if k in start)  # training really moved them
+
+
+class LabelledClips(torch.utils.data.Dataset):
+    """Clips with per-frame ground-truth label maps: class 1 where the first channel is positive."""
+
+    def __init__(self) -> None:
+        self.clips = clips(n=4)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int):
+        c = self.clips[i]
+        return c, (c[:, 0] > 0).long()
+
+
+def test_ground_truth_labels_replace_pseudo_labels() -> None:
+    seen = []
+
+    def loss(student, teacher, target):
+        seen.append(target)
+        return torch.nn.functional.cross_entropy(student, target)
+
+    dd.distill(fresh(), LabelledClips(), steps=2, task_loss=loss, progress=False)
+    assert len(seen) == 2 and all(t is not None and t.shape == (2, 32, 32) for t in seen)  # T-1 non-key frames

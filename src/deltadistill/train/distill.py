@@ -83,6 +83,13 @@ def _non_key(out: Any, t: int) -> Any:
     return type(out)(_non_key(o, t) for o in out)
 
 
+def _flat(target: Any, device: str) -> Any:
+    """(N, T, ...) labels, or a tuple/list of them, to clip-major (N*T, ...) on ``device``."""
+    if isinstance(target, Tensor):
+        return target.to(device).flatten(0, 1)
+    return type(target)(_flat(t, device) for t in target)
+
+
 def _param_groups(model: nn.Module, lr: float, gate_lr: float, finetune_teacher: bool,
                   teacher_lr: float) -> list[dict[str, Any]]:
     students, gates = [], []
@@ -138,7 +145,8 @@ def distill(
     """Distil ``model`` (converted with `deltadistill.convert`) on clips of unlabelled video.
 
     ``data``: a dataset (e.g. `deltadistill.video.VideoClips`) or tensor of clips (N, T, C, H, W),
-    in the value range the model expects. ``budget``: target cost of a delta frame as a fraction of
+    in the value range the model expects. Items may also be ``(clip, labels)`` pairs with per-frame
+    ground truth (T, ...); the task loss then uses the labels instead of the teacher's predictions. ``budget``: target cost of a delta frame as a fraction of
     the teacher's MACs (0.25 = a quarter); gates are pushed down only while above it.
     With ``out_dir``, checkpoints go to ``out_dir/checkpoints`` every ``checkpoint_every`` steps
     and at the end, and the final model to ``out_dir/model``; ``resume`` continues the latest one.
@@ -153,6 +161,8 @@ def distill(
         ckpt.check_writable(out / "checkpoints")  # refuse before any training time is spent
     dataset = _as_dataset(data)
     sample = dataset[0]
+    if isinstance(sample, (tuple, list)):  # (clip, ground truth) pairs: labels where the user has them
+        sample = sample[0]
     if sample.dim() != 4 or sample.shape[0] < 2:
         raise ValueError(f"a clip must be (T >= 2, C, H, W), got {tuple(sample.shape)}")
     t_len = sample.shape[0]
@@ -174,9 +184,12 @@ def distill(
                         sampler=_StepIndices(start, steps, batch_size, d, len(dataset)))
     bar = tqdm(total=steps, initial=start, desc="distill", disable=not (progress and d.main), dynamic_ncols=True)
     step = start
-    for clips in loader:
+    for batch in loader:
         torch.manual_seed(seed * 1_000_003 + step * 7919 + d.rank)  # Gumbel noise: a function of the step
+        clips, target = batch if isinstance(batch, (tuple, list)) else (batch, None)
         clips = clips.to(device, non_blocking=True)
+        if target is not None:  # per-frame labels (N, T, ...): keep the non-key frames, like the outputs
+            target = _non_key(_flat(target, device), t_len)
         # Plain NCHW on purpose: oneDNN's 1x1 weight-gradient kernel in torch 2.13 CPU can spin
         # forever on channels_last inputs of some shapes (seen at 56x56 and 64x64).
         frames = clips.flatten(0, 1).contiguous()
@@ -184,7 +197,7 @@ def distill(
             reference = model(frames)
         with mode(model, "clip", clip_len=t_len):
             pred = runner(frames)
-        task = task_fn(_non_key(pred, t_len), _non_key(reference, t_len), None)
+        task = task_fn(_non_key(pred, t_len), _non_key(reference, t_len), target)
         dist_l = distill_loss(model)
         cost = cost_model.loss(budget)
         loss = w_task * task + w_distill * dist_l + w_cost * cost

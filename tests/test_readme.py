@@ -1,0 +1,20 @@
+"""The README's Python example runs as written (with one training step and three frames)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_example_runs(tmp_path, monkeypatch) -> None:
+    code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    assert len(code.strip().splitlines()) <= 13
+    code = code.replace("steps=300", "steps=1").replace("size=(512, 512)):", "size=(512, 512), stop=3):")
+    assert "steps=1" in code and "stop=3" in code
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    assert (tmp_path / "runs" / "my_model" / "students.safetensors").is_file()
+    assert isinstance(scope["detections"], list) and set(scope["detections"][0]) == {"boxes", "scores", "labels"}
