@@ -46,14 +46,19 @@ def seg_bce(student: Tensor, teacher: Tensor, target: Tensor | None = None) -> T
 
 @register_task_loss("centernet")
 def centernet_loss(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor], target: Any = None) -> Tensor:
-    """CenterNet heads (heatmap probabilities, box regression): BCE on the heatmap, L1 on boxes at peaks.
+    """CenterNet heads (heatmap probabilities, box regression): peak-weighted BCE plus L1 on boxes at peaks.
 
-    The box term is weighted by the reference heatmap's peak strength, so only where something
-    is detected does its box count. ``target`` may be a ground-truth (heatmap, boxes) pair.
+    Almost every heatmap pixel is ~0, so a plain mean BCE barely notices a stale or missing peak
+    (a delta model that freezes its head at the keyframe scores well on it). Each pixel's BCE is
+    weighted by how strongly either map fires there, as CenterNet's focal loss normalises by peaks.
+    The box term counts only at the reference's peaks. ``target`` may be a ground-truth pair.
     """
     s_heat, s_box = student
     t_heat, t_box = teacher if target is None else target
-    heat = F.binary_cross_entropy(s_heat.clamp(1e-6, 1 - 1e-6), t_heat.clamp(0, 1))
+    t_heat = t_heat.clamp(0, 1)
+    bce = F.binary_cross_entropy(s_heat.clamp(1e-6, 1 - 1e-6), t_heat, reduction="none")
+    focus = 1 + 50 * torch.maximum(t_heat, s_heat.detach())
+    heat = (focus * bce).sum() / focus.sum()
     weight = t_heat.amax(1, keepdim=True)
     weight = weight * (weight >= F.max_pool2d(weight, 3, 1, 1)).float()  # peaks only
     box = (weight * (s_box - t_box).abs()).sum() / weight.sum().clamp_min(1e-6)
