@@ -46,7 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--student", default="compressed")
-    ap.add_argument("--reduction", type=int, default=16)
+    ap.add_argument("--reduction", type=int, default=4)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--clips", type=int, default=6)
     args = ap.parse_args()

@@ -73,6 +73,13 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
     if writer is not None:
         writer.__exit__(None, None, None)
     accuracy = task.accuracy(cmp.delta_preds, cmp.teacher_preds)
+    # The trivial rival: repeat the teacher's keyframe prediction on every delta frame, at no cost.
+    # A delta model is only worth its MACs where it beats this.
+    held, last = [], None
+    for pred, key in zip(cmp.teacher_preds, cmp.is_key, strict=True):
+        last = pred if key else last
+        held.append(last)
+    accuracy["hold_keyframe_baseline"] = task.accuracy(held, cmp.teacher_preds)["value"]
     report = build_report(name or getattr(teacher, "name", type(teacher).__name__), str(video), cmp, macs,
                           accuracy, task.metric,
                           {"teacher": tc_teacher.compute(), "delta": tc_delta.compute()},
