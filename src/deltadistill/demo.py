@@ -43,12 +43,11 @@ class DemoPlan:
 
 
 PLANS = {
-    # gamma=4 and no zero student for centernet: at gamma=16 its narrow layers get rank-1..6 students
-    # whose deltas shrink layer after layer until delta frames repeat the keyframe's detections
-    # (see BENCHMARKS.md, notes).
-    "centernet": DemoPlan(("bikes", "bigbuckbunny"), "bikes", keyframe_interval=8, budget=0.20,
-                          steps=60, quick_steps=6, quick_frames=24, reduction=4,
-                          candidates=("pooled", "compressed", "full")),
+    # Measured on held-out bikes frames (BENCHMARKS.md): this plan meets the MAC target, but after a
+    # demo's worth of CPU training its delta frames barely move from the keyframe's output, so its
+    # accuracy equals the hold-the-keyframe baseline that the report prints beside it.
+    "centernet": DemoPlan(("bikes", "bigbuckbunny"), "bikes", keyframe_interval=8, budget=0.10,
+                          steps=60, quick_steps=6, quick_frames=24),
     "selfie": DemoPlan(("carphone_pristine", "bikes"), "carphone_pristine", keyframe_interval=4, budget=0.25,
                        steps=300, quick_steps=30, quick_frames=24, reduction=4),
 }
