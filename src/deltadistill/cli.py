@@ -10,12 +10,20 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Delta Distillation: make a per-frame video CNN cheaper per frame.")
 
+
 @app.callback()
 def _root() -> None:
     """Delta Distillation: make a per-frame video CNN cheaper per frame."""
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input or a missing model: one clear line, no traceback."""
+    from deltadistill.teachers import TeacherFetchError
+
+    return (*USER_ERRORS, TeacherFetchError)
 
 
 def _fail(e: BaseException) -> None:
@@ -59,7 +67,7 @@ def distill(
         result = dd.distill(model, clips, steps=steps, budget=budget, lr=lr, gate_lr=gate_lr,
                             batch_size=batch_size, num_workers=workers, out_dir=out,
                             checkpoint_every=checkpoint_every, resume=resume, seed=seed)
-    except USER_ERRORS as e:
+    except _user_errors() as e:
         _fail(e)
         return
     if result.history:
@@ -81,11 +89,10 @@ def demo(
 ) -> None:
     """The main job on the built-in default: fetch, convert, distill, evaluate, report, render."""
     from deltadistill.demo import run_demo
-    from deltadistill.teachers import TeacherFetchError
 
     try:
         run_demo(teacher, out, quick=quick, threads=threads or None, steps=steps, budget=budget)
-    except (*USER_ERRORS, TeacherFetchError) as e:
+    except _user_errors() as e:
         _fail(e)
 
 
@@ -120,7 +127,7 @@ def bench(
             png = (json_out or Path("bench.json")).with_suffix(".pareto.png")
             report["sweep"] = run_sweep(t, m, video, [int(k) for k in intervals.split(",")], png, start, stop)
             typer.echo(f"Pareto plot: {png}")
-    except USER_ERRORS as e:
+    except _user_errors() as e:
         _fail(e)
         return
     typer.echo(table(report))
