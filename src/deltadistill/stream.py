@@ -7,7 +7,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from .modes import delta_layers, set_mode
+from .modes import delta_layers
 
 
 class KeyframePolicy(Protocol):
@@ -86,9 +86,8 @@ class DeltaStream:
     def __call__(self, frame: Tensor):
         self._check(frame)
         key = self.key_mask(frame)
-        set_mode(self.model, "stream")
-        for layer, cache in zip(self.layers, self.caches, strict=True):
-            layer.cache, layer.key = cache, key
+        for layer, cache in zip(self.layers, self.caches, strict=True):  # one pass, no module-tree walk
+            layer.mode, layer.cache, layer.key = "stream", cache, key
         for m, cache in zip(self.aware, self.aware_caches, strict=True):
             m.stream_state = {"key": key, "cache": cache}
         try:
