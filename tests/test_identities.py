@@ -123,3 +123,24 @@ def test_deployed_matches_undeployed(interval: int, candidates: tuple[str, ...])
     a, b = dd.DeltaStream(reference, interval), dd.DeltaStream(model, interval)
     for x in make_video(frames=7, batch=2):
         torch.testing.assert_close(b(x), a(x), atol=2e-5, rtol=1e-4)
+
+
+def test_true_delta_uses_the_teachers_own_features_after_a_teacher_pass(tiny: TinySegNet) -> None:
+    """As in training: a teacher pass over the clip, then the clip pass. The target is z_t - z_k of the
+    teacher's own features, not W(x_t - x_k) on inputs that upstream students already distorted."""
+    dd.convert(tiny, dd.DeltaConfig(student="compressed"))
+    dd.modes.record_true_delta(tiny)
+    clip = torch.cat(make_video(frames=3))
+    layer = tiny.block2.conv1
+    seen = {}
+    hook = layer.register_forward_hook(lambda m, i, o: seen.setdefault("z", o.detach().clone()))
+    with torch.no_grad(), dd.mode(tiny, "teacher"):
+        tiny(clip)
+    hook.remove()
+    with torch.no_grad(), dd.mode(tiny, "clip", clip_len=3):
+        tiny(clip)
+    z = seen["z"]
+    torch.testing.assert_close(layer.last_true_delta, z[1:] - z[0:1])
+    with torch.no_grad(), dd.mode(tiny, "clip", clip_len=3):
+        tiny(clip)  # no teacher pass before this one: the local target on this layer's own input
+    assert not torch.allclose(layer.last_true_delta, z[1:] - z[0:1], atol=1e-4)

@@ -30,7 +30,10 @@ def fresh(student: str = "search", **kw) -> TinySegNet:
 
 
 def delta_error(model: TinySegNet, clip: torch.Tensor) -> float:
+    """The distillation loss as training computes it: a teacher pass, then the clip pass."""
     dd.modes.record_true_delta(model)
+    with torch.no_grad(), dd.mode(model, "teacher"):
+        model(clip)
     with torch.no_grad(), dd.mode(model, "clip", clip_len=clip.shape[0]):
         model(clip)
     return distill_loss(model).item()

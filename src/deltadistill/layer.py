@@ -5,8 +5,9 @@ Modes (set for a whole model with `deltadistill.modes.set_mode`):
 - ``teacher``: the frozen teacher conv, nothing else.
 - ``clip``: training. The batch holds ``N*T`` frames, clip by clip, the first of each clip its
   keyframe. Output frame ``t`` is ``z_k + g(x_t - x_k)``. The layer keeps ``last_pred_delta``
-  and, if ``record_true_delta``, the teacher's own ``last_true_delta = W(x_t - x_k) = z_t - z_k``
-  on the same input, for the distillation loss.
+  and, if ``record_true_delta``, the teacher's delta ``last_true_delta = z_t - z_k``: from the
+  teacher's own features when a teacher-mode pass over the same frames came just before (as in
+  `distill`), else ``W(x_t - x_k)`` on this layer's input.
 - ``stream``: inference, one frame per stream at a time, with state held in a cache dict that
   `DeltaStream` binds before each call (so two streams over one model never share state).
 """
@@ -85,6 +86,7 @@ class DeltaConv2d(DeltaLayer):
             if len(names) > 1 else None
         self.tau = tau
         self.record_true_delta = False
+        self.teacher_out: Tensor | None = None
         self.last_pred_delta: Tensor | None = None
         self.last_true_delta: Tensor | None = None
         self.last_gate: Tensor | None = None
@@ -131,7 +133,10 @@ class DeltaConv2d(DeltaLayer):
     def forward(self, x: Tensor) -> Tensor:
         self.in_hw = (x.shape[-2], x.shape[-1])
         if self.mode == "teacher":
-            return self.base(x)
+            z = self.base(x)
+            if self.record_true_delta:  # the teacher's own features: the distillation target
+                self.teacher_out = z.detach().clone()
+            return z
         if self.mode == "clip":
             return self._clip(x)
         if self.mode == "stream":
@@ -152,8 +157,16 @@ class DeltaConv2d(DeltaLayer):
         pred = self.predict_delta(delta)
         self.last_pred_delta = pred
         if self.record_true_delta:
-            with torch.no_grad():
-                self.last_true_delta = self.teacher_linear(delta)
+            tz = self.teacher_out
+            if tz is not None and tz.shape[0] == x.shape[0] and tz.shape[1:] == zk.shape[1:]:
+                # the teacher ran on these frames first: its own delta z_t - z_k, so a student also
+                # learns to undo what earlier students got wrong instead of compounding it
+                tz = tz.view(n, t, *tz.shape[1:])
+                self.last_true_delta = (tz[:, 1:] - tz[:, :1]).flatten(0, 1)
+            else:
+                with torch.no_grad():
+                    self.last_true_delta = self.teacher_linear(delta)
+            self.teacher_out = None
         rest = zk.unsqueeze(1) + pred.view(n, t - 1, *pred.shape[1:])
         return torch.cat([zk.unsqueeze(1), rest], 1).flatten(0, 1)
 

@@ -194,7 +194,7 @@ def distill(
         # forever on channels_last inputs of some shapes (seen at 56x56 and 64x64).
         frames = clips.flatten(0, 1).contiguous()
         with torch.no_grad(), mode(model, "teacher"):
-            reference = model(frames)
+            reference = model(frames)  # also leaves each layer's teacher features for its delta target
         with mode(model, "clip", clip_len=t_len):
             pred = runner(frames)
         task = task_fn(_non_key(pred, t_len), _non_key(reference, t_len), target)
