@@ -113,17 +113,17 @@ class DeltaConv2d(DeltaLayer):
         """g(delta): the chosen student in eval, a straight-through gated sample in training."""
         if self.gate is None:
             return next(iter(self.students.values()))(delta)
+        if not self.training:  # no sampling, no one-hot: just the chosen student
+            return self.students[self.chosen()](delta)
         weights = self.gate(self.tau)
         self.last_gate = weights
-        if not self.training:
-            return self.students[self.chosen()](delta)
         out: Tensor | None = None
         for w, student in zip(weights, self.students.values(), strict=True):
             y = w * student(delta) if not student.is_zero else None
             if y is not None:
                 out = y if out is None else out + y
-        if out is None:  # every candidate is a zero student
-            out = self.teacher_linear(delta).detach() * 0
+        if out is None:  # every candidate is a zero student: zeros of the output's shape
+            out = next(iter(self.students.values()))(delta)
         return out
 
     def teacher_linear(self, delta: Tensor) -> Tensor:
