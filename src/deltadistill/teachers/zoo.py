@@ -87,7 +87,7 @@ class Teacher(nn.Module):
             arr = arr[None]
         if arr.ndim != 4 or arr.shape[-1] != 3 or tuple(arr.shape[1:3]) != self.input_size:
             raise ValueError(f"{self.name}: expected (N, {self.input_size[0]}, {self.input_size[1]}, 3) frames, "
-                             f"got {arr.shape}; resize/letterbox first (teachers.frames.letterbox)")
+                             f"got {arr.shape}; resize/letterbox first (deltadistill.video.fit_frame)")
         x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
         return x / self.spec.divisor if self.spec.divisor != 1.0 else x
 
