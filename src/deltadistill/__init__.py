@@ -18,12 +18,12 @@ from .modes import mode, set_mode
 from .stream import DeltaStream, EveryK, KeyframePolicy
 from .students import STUDENTS, Student, register_student
 from .summary import summary
-from .train import DistillResult, distill
+from .train import CalibrationResult, DistillResult, calibrate, distill
 
 __all__ = [
-    "STUDENTS", "CheckpointError", "ConversionReport", "DeltaConfig", "DeltaConv2d", "DeltaStream",
+    "STUDENTS", "CalibrationResult", "CheckpointError", "ConversionReport", "DeltaConfig", "DeltaConv2d", "DeltaStream",
     "DeployedDeltaConv2d", "DistillResult", "EveryK", "KeyframePolicy", "MacReport", "Student", "UnsupportedLayerError",
-    "convert", "count_macs", "deploy", "distill", "load", "mode", "register_student", "save", "set_mode", "summary",
+    "calibrate", "convert", "count_macs", "deploy", "distill", "load", "mode", "register_student", "save", "set_mode", "summary",
 ]
 __version__ = "0.1.0"
 

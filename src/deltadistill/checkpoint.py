@@ -23,6 +23,7 @@ from .convert import _replace, convert
 from .fold import fold_batchnorm
 from .layer import DeltaConv2d, DeployedDeltaConv2d
 from .modes import delta_layers
+from .students import STUDENTS
 
 FORMAT = "deltadistill/1"
 WEIGHTS, META = "students.safetensors", "deltadistill.json"
@@ -47,9 +48,25 @@ def atomic_write(path: Path, write: Any) -> None:
 
 def _layer_meta(layer: nn.Module) -> dict[str, Any]:
     if isinstance(layer, DeployedDeltaConv2d):
-        return {"students": [layer.student_name], "deployed": layer.student_name}
-    assert isinstance(layer, DeltaConv2d)
-    return {"students": layer.student_names, "deployed": None}
+        students, deployed = {layer.student_name: layer.student}, layer.student_name
+    else:
+        assert isinstance(layer, DeltaConv2d)
+        students, deployed = dict(layer.students.items()), None
+    specs = {n: s.spec() for n, s in students.items() if s.spec()}  # e.g. a calibrated rank
+    return {"students": list(students), "deployed": deployed, "specs": specs}
+
+
+def _rebuild_students(layer: DeltaConv2d, info: dict[str, Any], config: DeltaConfig) -> None:
+    """Give ``layer`` the students the checkpoint lists, shaped as stored (per-layer ranks and all)."""
+    specs = info.get("specs") or {}
+    if layer.student_names == info["students"] and not specs:
+        return
+    try:
+        students = {n: STUDENTS[n].from_spec(layer.base, config, specs.get(n, {})) for n in info["students"]}
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint uses student {e} that is not registered here; "
+                              f"registered: {sorted(STUDENTS)}") from e
+    layer.set_students(students, config.gate_init, config.prefer)
 
 
 def save(model: nn.Module, path: str | Path, include_teacher: bool = False, extra: dict | None = None) -> Path:
@@ -112,10 +129,7 @@ def load(teacher: nn.Module, path: str | Path) -> nn.Module:
     convert(teacher, config)
     for name, layer in delta_layers(teacher):
         info = layers[name]
-        wanted = [info["deployed"]] if info["deployed"] else info["students"]
-        if not set(wanted) <= set(layer.student_names) or (not info["deployed"] and layer.student_names != wanted):
-            raise CheckpointError(f"layer {name!r}: checkpoint has students {info['students']}, "
-                                  f"this model's conversion gives {layer.student_names}")
+        _rebuild_students(layer, info, config)
         if info["deployed"]:
             _replace(teacher, name, DeployedDeltaConv2d(layer.base, layer.students[info["deployed"]],
                                                         info["deployed"]))

@@ -76,20 +76,24 @@ class DeltaConv2d(DeltaLayer):
     def __init__(self, base: nn.Conv2d, students: dict[str, Student], tau: float = 1.0,
                  gate_init: float = 0.0, prefer: str | None = None) -> None:
         super().__init__()
-        if not students:
-            raise ValueError("DeltaConv2d needs at least one student")
         self.base = base
         self.base.requires_grad_(False)
-        self.students = nn.ModuleDict(students)
-        names = list(students)
-        self.gate = GumbelGate(len(names), gate_init, names.index(prefer) if prefer in names else None) \
-            if len(names) > 1 else None
+        self.set_students(students, gate_init, prefer)
         self.tau = tau
         self.record_true_delta = False
         self.teacher_out: Tensor | None = None
         self.last_pred_delta: Tensor | None = None
         self.last_true_delta: Tensor | None = None
         self.last_gate: Tensor | None = None
+
+    def set_students(self, students: dict[str, Student], gate_init: float = 0.0, prefer: str | None = None) -> None:
+        """Hold these students, with a fresh gate only where there are several to choose among."""
+        if not students:
+            raise ValueError("DeltaConv2d needs at least one student")
+        self.students = nn.ModuleDict(students)
+        names = list(students)
+        self.gate = GumbelGate(len(names), gate_init, names.index(prefer) if prefer in names else None) \
+            if len(names) > 1 else None
 
     @property
     def student_names(self) -> list[str]:

@@ -11,7 +11,7 @@ keep only ``c = z_k - g(x_k)`` at a keyframe and compute ``z_t = c + g(x_t)`` af
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +48,15 @@ class Student(nn.Module):
     @classmethod
     def from_teacher(cls, conv: nn.Conv2d, config: DeltaConfig) -> Student:
         raise NotImplementedError
+
+    @classmethod
+    def from_spec(cls, conv: nn.Conv2d, config: DeltaConfig, spec: dict[str, Any]) -> Student:
+        """Rebuild a student whose shape `spec` describes (checkpoints store it per layer)."""
+        return cls.from_teacher(conv, config)
+
+    def spec(self) -> dict[str, Any]:
+        """What besides the teacher conv and the config fixes this student's shape (JSON-able)."""
+        return {}
 
     def forward(self, delta: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -101,6 +110,38 @@ def bottleneck_width(geo: ConvGeometry, config: DeltaConfig) -> int:
     return min(r, cin_g * geo.kernel[0], cout_g * geo.kernel[1])
 
 
+def split_spectrum(weight: Tensor, groups: int, cov: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Factors of the kernel split at full rank, best directions first, and what each direction carries.
+
+    Each group's weight is viewed as ``M`` of shape ``(Cin_g*kh, Cout_g*kw)`` (rows: the vertical
+    patch a ``kh x 1`` conv sees; columns: the ``1 x kw`` conv's outputs). Returns ``a``
+    (G, Cin_g*kh, R), ``b`` (G, R, Cout_g*kw) and ``energy`` (G, R) with ``M = a @ b``, so that
+    keeping the first ``r`` directions is the best rank-``r`` split.
+
+    Without ``cov`` "best" means closest to ``M`` (the paper's truncated SVD); ``energy`` is then
+    ``s^2``. With ``cov`` (G, Cin_g*kh, Cin_g*kh), the covariance of the vertical patches of the
+    layer's real input deltas, it means losing the least expected output-delta energy
+    ``E||(M - M_r)^T p||^2``: the SVD of ``L^T M`` with ``cov = L L^T`` (from its eigenvectors,
+    with a small ridge), mapped back through ``L^-T``. ``energy`` is then the expected delta energy each direction carries.
+    """
+    cout, cin_g, kh, kw = weight.shape
+    cout_g = cout // groups
+    m = weight.double().reshape(groups, cout_g, cin_g, kh, kw).permute(0, 2, 3, 1, 4)
+    m = m.reshape(groups, cin_g * kh, cout_g * kw)
+    if cov is None:
+        u, s, vh = torch.linalg.svd(m, full_matrices=False)
+        root = s.sqrt()
+        return u * root[:, None, :], root[:, :, None] * vh, s.square()
+    cov = cov.double()
+    evals, q = torch.linalg.eigh(cov)
+    # a small ridge: directions real deltas never took get a finite, small weight rather than 1/0
+    evals = evals.clamp_min(0) + 1e-3 * evals.clamp_min(0).mean(-1, keepdim=True).clamp_min(1e-12)
+    u, s, vh = torch.linalg.svd((q * evals.sqrt()[:, None, :]).transpose(1, 2) @ m, full_matrices=False)
+    root = s.sqrt()
+    a = q @ ((u * root[:, None, :]) / evals.sqrt()[:, :, None])
+    return a, root[:, :, None] * vh, s.square()
+
+
 @register_student
 class CompressedStudent(Student):
     """Kernel split (``kh x 1`` to a bottleneck, then ``1 x kw`` back), from a truncated spatial SVD.
@@ -134,29 +175,37 @@ class CompressedStudent(Student):
         return None
 
     @classmethod
-    def from_teacher(cls, conv: nn.Conv2d, config: DeltaConfig) -> CompressedStudent:
+    def from_teacher(cls, conv: nn.Conv2d, config: DeltaConfig, rank: int | None = None,
+                     cov: Tensor | None = None) -> CompressedStudent:
+        """The split of ``conv`` at ``rank`` (default: the config's bottleneck width).
+
+        With ``cov``, the covariance of the layer's input deltas as `split_spectrum` takes it, the
+        split keeps the directions that carry the most delta energy rather than the weights' own.
+        """
         geo = ConvGeometry.of(conv)
-        rank = bottleneck_width(geo, config)
-        student = cls(geo, rank)
-        student.init_from_svd(conv.weight.detach())
+        student = cls(geo, rank if rank is not None else bottleneck_width(geo, config))
+        student.init_from_svd(conv.weight.detach(), cov)
         return student
 
+    @classmethod
+    def from_spec(cls, conv: nn.Conv2d, config: DeltaConfig, spec: dict[str, Any]) -> CompressedStudent:
+        return cls.from_teacher(conv, config, rank=spec.get("rank"))
+
+    def spec(self) -> dict[str, Any]:
+        return {"rank": self.rank}
+
     @torch.no_grad()
-    def init_from_svd(self, weight: Tensor) -> None:
-        g, r = self.geo.groups, self.rank
+    def init_from_svd(self, weight: Tensor, cov: Tensor | None = None) -> None:
+        """Truncated SVD of each group's ``(Cin*kh) x (Cout*kw)`` weight matrix, optionally whitened."""
+        r = self.rank
+        a, b, _ = split_spectrum(weight, self.geo.groups, cov)
         cout, cin_g, kh, kw = weight.shape
+        g = self.geo.groups
         cout_g = cout // g
-        v_parts, h_parts = [], []
-        for w in weight.double().split(cout_g, dim=0):  # (cout_g, cin_g, kh, kw) per group
-            m = w.permute(1, 2, 0, 3).reshape(cin_g * kh, cout_g * kw)
-            u, s, vh = torch.linalg.svd(m, full_matrices=False)
-            root = s[:r].sqrt()
-            a = u[:, :r] * root  # (cin_g*kh, r)
-            b = root[:, None] * vh[:r]  # (r, cout_g*kw)
-            v_parts.append(a.T.reshape(r, cin_g, kh, 1))
-            h_parts.append(b.reshape(r, cout_g, kw).permute(1, 0, 2).reshape(cout_g, r, 1, kw))
-        self.vertical.weight.copy_(torch.cat(v_parts).to(weight.dtype))
-        self.horizontal.weight.copy_(torch.cat(h_parts).to(weight.dtype))
+        v = a[:, :, :r].transpose(1, 2).reshape(g * r, cin_g, kh, 1)
+        h = b[:, :r].reshape(g, r, cout_g, kw).permute(0, 2, 1, 3).reshape(cout, r, 1, kw)
+        self.vertical.weight.copy_(v.to(weight.dtype))
+        self.horizontal.weight.copy_(h.to(weight.dtype))
 
     def forward(self, delta: Tensor) -> Tensor:
         if self.pre_pad:

@@ -1,0 +1,226 @@
+"""`calibrate(model, clips, budget)`: choose every layer's student and rank in closed form, from real deltas.
+
+Why: the paper's kernel split keeps the top singular directions of the teacher's *weights*, but
+a layer's input deltas do not live there, so at small ranks it drops most of the delta's energy,
+layer after layer, until delta frames barely move. Measuring the covariance of each layer's real
+input deltas fixes both halves of the problem at once:
+
+- the whitened SVD (`split_spectrum` with ``cov``) gives, for every rank, the split that loses
+  the least expected output-delta energy, and
+- its spectrum says what each extra rank buys, so one greedy pass over all layers can spend a MAC
+  budget where it keeps the most delta energy per MAC: ``zero`` where deltas do not matter, a
+  rank of 1 to full where they do, the teacher's own weights (``full``) where a split is no cheaper.
+
+The result is a hard choice per layer (no gate left to train), ready for `distill` to fine-tune.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ..geometry import ConvGeometry, explicit_pad
+from ..layer import DeltaConv2d
+from ..macs import count_macs
+from ..modes import delta_layers, mode
+from ..students import STUDENTS, CompressedStudent, split_spectrum
+
+CALIBRATION_STUDENTS = ("zero", "compressed", "full")
+KEEP_FLOOR = 1e-3
+
+
+@dataclass
+class LayerChoice:
+    """One layer's calibrated student: its MACs and the share of the delta energy it keeps."""
+
+    name: str
+    student: str
+    rank: int | None
+    macs: int
+    teacher_macs: int
+    kept: float
+
+
+@dataclass
+class CalibrationResult:
+    """What `calibrate` chose; ``cost`` is a delta frame's MACs over the teacher's."""
+
+    budget: float
+    cost: float
+    clips: int
+    layers: list[LayerChoice] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.layers:
+            out[c.student] = out.get(c.student, 0) + 1
+        return out
+
+
+def _patch_covariance(delta: Tensor, geo: ConvGeometry) -> tuple[Tensor, int]:
+    """Sum of ``p p^T`` over the vertical patches ``p`` (Cin_g*kh) a kernel split's first conv sees."""
+    (kh, _), (sh, _), (dh, _) = geo.kernel, geo.stride, geo.dilation
+    x = explicit_pad(delta.float(), geo.pad, geo.padding_mode)
+    cols = F.unfold(x, (kh, 1), dilation=(dh, 1), stride=(sh, 1))  # (B, Cin*kh, L), channel-major
+    b, _, n = cols.shape
+    cols = cols.view(b, geo.groups, -1, n)
+    return torch.einsum("bgdl,bgel->gde", cols, cols).double(), b * n
+
+
+@torch.no_grad()
+def delta_covariances(model: nn.Module, clips: Sequence[Tensor], progress: bool = True) -> dict[str, Tensor]:
+    """Per delta layer, the covariance (G, Cin_g*kh, Cin_g*kh) of its input deltas ``x_t - x_k``.
+
+    The teacher runs on each clip (keyframe first); every later frame's input to a layer, minus the
+    keyframe's, is one delta. Also leaves each layer's input size set for MAC counting.
+    """
+    layers = [(n, m) for n, m in delta_layers(model) if isinstance(m, DeltaConv2d)]
+    if not layers:
+        raise ValueError("model has no trainable delta layers: convert it with deltadistill.convert first")
+    sums: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
+    t_len = 0
+
+    def hook(name: str, geo: ConvGeometry):
+        def fn(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
+            x = args[0]
+            xs = x.view(-1, t_len, *x.shape[1:])
+            cov, n = _patch_covariance((xs[:, 1:] - xs[:, :1]).flatten(0, 1), geo)
+            sums[name] = sums[name] + cov if name in sums else cov
+            counts[name] = counts.get(name, 0) + n
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n, ConvGeometry.of(m.base))) for n, m in layers]
+    try:
+        with mode(model, "teacher"):
+            for clip in tqdm(clips, desc="calibrate: delta statistics", disable=not progress):
+                if clip.dim() != 4 or clip.shape[0] < 2:
+                    raise ValueError(f"a calibration clip must be (T >= 2, C, H, W), got {tuple(clip.shape)}")
+                t_len = clip.shape[0]
+                model(clip)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: sums[n] / max(counts[n], 1) for n, _ in layers}
+
+
+def _options(layer: DeltaConv2d, cov: Tensor, allowed: Sequence[str]) -> list[tuple[int, float, str, int | None]]:
+    """(MACs, share of delta energy lost, student, rank) for every student this layer could take."""
+    geo, hw = ConvGeometry.of(layer.base), layer._hw()
+    teacher = geo.macs(hw)
+    _, _, energy = split_spectrum(layer.base.weight.detach(), geo.groups, cov)
+    total = float(energy.sum())
+    kept = (energy.sum(0).cumsum(0) / total).clamp(0, 1) if total > 0 else torch.ones(energy.shape[1])
+    # a delta passes through layer after layer, so what reaches the output is roughly the product of
+    # what each layer keeps: the error to minimise in sum is -log(kept), floored so zero stays finite
+    lost = (-kept.clamp_min(KEEP_FLOOR).log()).tolist()
+    opts: list[tuple[int, float, str, int | None]] = []
+    if "zero" in allowed:
+        opts.append((0, -math.log(KEEP_FLOOR) if total > 0 else 0.0, "zero", None))
+    if "full" in allowed:
+        opts.append((teacher, 0.0, "full", None))
+    if "compressed" in allowed:
+        for r, err in enumerate(lost, start=1):
+            macs = CompressedStudent(geo, r).macs(hw)
+            if macs >= teacher and "full" in allowed:
+                break
+            opts.append((macs, err, "compressed", r))
+    return opts
+
+
+def _hull(opts: list[tuple[int, float, str, int | None]]) -> list[tuple[int, float, str, int | None]]:
+    """The options on the lower convex hull of (MACs, error): only those a greedy allocation would pick."""
+    pts = []
+    for o in sorted(opts, key=lambda o: (o[0], o[1])):
+        if pts and o[1] >= pts[-1][1]:
+            continue  # costs more, keeps no more
+        while len(pts) >= 2:
+            (c0, e0, *_), (c1, e1, *_) = pts[-2], pts[-1]
+            if (e0 - e1) * (o[0] - c1) <= (e1 - o[1]) * (c1 - c0):  # pts[-1] buys less per MAC than o
+                pts.pop()
+            else:
+                break
+        pts.append(o)
+    return pts
+
+
+def allocate(hulls: dict[str, list[tuple[int, float, str, int | None]]], budget_macs: float) -> dict[str, int]:
+    """Greedy by error removed per MAC across layers (optimal on the convex hulls); index into each hull."""
+    pick = {n: 0 for n in hulls}
+    spent = sum(h[0][0] for h in hulls.values())
+    if spent > budget_macs:
+        raise ValueError(f"budget too small: the cheapest students already cost {spent / 1e6:.1f} MMAC, "
+                         f"more than the {budget_macs / 1e6:.1f} MMAC allowed; allow 'zero' or raise the budget")
+
+    def push(heap: list, name: str) -> None:
+        i, h = pick[name], hulls[name]
+        if i + 1 < len(h):
+            dc, de = h[i + 1][0] - h[i][0], h[i][1] - h[i + 1][1]
+            heapq.heappush(heap, (-de / max(dc, 1), name))
+
+    heap: list = []
+    for n in hulls:
+        push(heap, n)
+    while heap:
+        _, n = heapq.heappop(heap)
+        i, h = pick[n], hulls[n]
+        step = h[i + 1][0] - h[i][0]
+        if spent + step > budget_macs:
+            continue  # this layer's next step does not fit; cheaper steps elsewhere still may
+        spent += step
+        pick[n] = i + 1
+        push(heap, n)
+    return pick
+
+
+def calibrate(model: nn.Module, data: Any, *, budget: float, clips: int = 16,
+              students: Sequence[str] = CALIBRATION_STUDENTS, progress: bool = True) -> CalibrationResult:
+    """Give each delta layer of a converted ``model`` one student, chosen from real video deltas.
+
+    ``data``: clips (T >= 2, C, H, W) with the keyframe first, e.g. `deltadistill.video.VideoClips`
+    (items may be ``(clip, labels)`` pairs); the first ``clips`` are used. ``budget``: a delta
+    frame's MACs as a fraction of the teacher's, layers that stay dense included. ``students``:
+    which of ``zero``, ``compressed`` (any rank) and ``full`` a layer may take. In place; each layer
+    keeps exactly its chosen student, initialised by the whitened SVD of its teacher weights.
+    """
+    if not 0 < budget <= 1:
+        raise ValueError(f"budget is a fraction of the teacher's MACs in (0, 1], got {budget}")
+    unknown = set(students) - set(CALIBRATION_STUDENTS)
+    if unknown or not students:
+        raise ValueError(f"calibrate chooses among {CALIBRATION_STUDENTS}, got {list(students)}")
+    items = [data[i] for i in range(min(clips, len(data)))]
+    items = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
+    if not items:
+        raise ValueError("no calibration clips")
+    covs = delta_covariances(model, items, progress)
+    layers = dict((n, m) for n, m in delta_layers(model) if isinstance(m, DeltaConv2d))
+    report = count_macs(model, tuple(items[0].shape[1:]))
+    fixed = report.teacher - sum(r.teacher for r in report.layers if r.name in layers)
+    fixed += sum(r.delta for r in report.layers if r.name not in layers)
+    hulls = {n: _hull(_options(m, covs[n], students)) for n, m in layers.items()}
+    pick = allocate(hulls, budget * report.teacher - fixed)
+    config = model.delta_report.config
+    result = CalibrationResult(budget=budget, cost=0.0, clips=len(items))
+    total = fixed
+    for n, m in layers.items():
+        macs, err, kind, rank = hulls[n][pick[n]]
+        if kind == "compressed":
+            student = CompressedStudent.from_teacher(m.base, config, rank=rank, cov=covs[n])
+        else:
+            student = STUDENTS[kind].from_teacher(m.base, config)
+        m.set_students({kind: student})
+        total += macs
+        result.layers.append(LayerChoice(n, kind, rank, macs, m.teacher_macs(), math.exp(-err)))
+    result.cost = total / report.teacher
+    return result
