@@ -61,3 +61,29 @@ def test_bench_runs_on_the_demo_model(demo_dir: Path, tmp_path: Path) -> None:
 def test_bench_refuses_a_bad_model_dir(tmp_path: Path) -> None:
     r = cli("bench", "--teacher", "centernet", "--model", str(tmp_path), "--video", str(default_videos()["bikes"]))
     assert r.returncode == 2 and "not a deltadistill checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_sweeps_budgets_with_calibrated_models(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.json"
+    r = cli("bench", "--teacher", "selfie", "--video", str(default_videos()["carphone_pristine"]), "--budget", "0.3",
+            "--start", "90", "--frames", "8", "--keyframe-interval", "4", "--sweep", "--intervals", "2,4",
+            "--budgets", "0.2,0.6", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert SCHEMA <= report.keys() and report["frames"] == 8
+    assert report["gmacs_per_frame"]["delta"] < report["gmacs_per_frame"]["teacher"]
+    points = report["sweep"]
+    assert {p["series"] for p in points} == {"model", "calibrated, budget 0.2", "calibrated, budget 0.6"}
+    by = {(p["series"], p["keyframe_interval"]): p for p in points}
+    for k in (2, 4):  # a larger budget costs more MACs at the same keyframe interval
+        assert by[("calibrated, budget 0.2", k)]["gmacs"] < by[("calibrated, budget 0.6", k)]["gmacs"]
+    assert all(0 <= p["hold_keyframe_baseline"] <= 1 and 0 <= p["accuracy"] <= 1 for p in points)
+    assert out.with_suffix(".pareto.png").stat().st_size > 10_000
+
+
+def test_bench_without_a_model_needs_a_budget_and_calibration_frames(tmp_path: Path) -> None:
+    video = str(default_videos()["carphone_pristine"])
+    r = cli("bench", "--teacher", "selfie", "--video", video)
+    assert r.returncode == 2 and "--model" in r.stderr and "--budget" in r.stderr and "Traceback" not in r.stderr
+    r = cli("bench", "--teacher", "selfie", "--video", video, "--budget", "0.3")
+    assert r.returncode == 2 and "--start" in r.stderr and "Traceback" not in r.stderr

@@ -96,36 +96,62 @@ def demo(
         _fail(e)
 
 
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
 @app.command()
 def bench(
     teacher: str = typer.Option(..., help="teacher name or TF.js model.json"),
-    model: Path = typer.Option(..., help="a model directory written by distill/demo/save"),
     video: Path = typer.Option(..., help="video to run both models on"),
+    model: Optional[Path] = typer.Option(None, help="a model directory written by distill/demo/save; "
+                                         "without it, --budget calibrates one (no training)"),
+    budget: Optional[float] = typer.Option(None, help="with no --model: calibrate a model whose delta frame "
+                                           "costs this fraction of the teacher's MACs"),
     keyframe_interval: int = typer.Option(8, min=1),
     start: int = typer.Option(0, min=0, help="first frame"),
     frames: int = typer.Option(0, min=0, help="number of frames (0: to the end)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report here"),
     render: Optional[Path] = typer.Option(None, help="also write a side-by-side mp4 here"),
-    sweep: bool = typer.Option(False, help="also sweep keyframe intervals and plot accuracy vs GMACs"),
+    sweep: bool = typer.Option(False, help="also sweep keyframe intervals (and --budgets); plot accuracy vs GMACs"),
     intervals: str = typer.Option("2,4,8,16", help="keyframe intervals for --sweep"),
+    budgets: str = typer.Option("", help="MAC budgets for --sweep, e.g. 0.12,0.25,0.5: one calibrated model each"),
+    calib_videos: Optional[list[Path]] = typer.Option(None, help="calibration videos (default: this video's "
+                                                      "frames before --start)"),
     threads: int = typer.Option(0, help="torch threads for both models (0: torch's default)"),
 ) -> None:
     """Teacher vs delta model on the same frames, in one process: MACs, ms, speedup, accuracy, consistency."""
-    from deltadistill.bench import evaluate_on_video, load_delta_model
+    from deltadistill.bench import calibrated_model, evaluate_on_video, load_delta_model
     from deltadistill.report import table, write_json
     from deltadistill.teacher_resolve import resolve_teacher
 
     try:
+        if json_out is not None and json_out.exists() and json_out.is_dir():
+            raise ValueError(f"--json {json_out} is a directory")
+        sweep_budgets = _floats(budgets, "--budgets")
+        if model is None and budget is None:
+            raise ValueError("give --model (a trained delta model) or --budget (calibrate one now)")
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         t = resolve_teacher(teacher)
-        m = load_delta_model(t, model)
+        calib = None
+        if (budget is not None and model is None) or sweep_budgets:
+            calib = _calibration_clips(t, video, start, calib_videos, keyframe_interval)
+        m = load_delta_model(t, model) if model is not None else calibrated_model(t, calib, budget)
         stop = start + frames if frames else None
         report, _ = evaluate_on_video(t, m, video, keyframe_interval=keyframe_interval, start=start, stop=stop,
-                                      out_video=render, threads=threads or None, name=teacher)
+                                      out_video=render, name=teacher)
         if sweep:
             from deltadistill.bench import sweep as run_sweep
 
             png = (json_out or Path("bench.json")).with_suffix(".pareto.png")
-            report["sweep"] = run_sweep(t, m, video, [int(k) for k in intervals.split(",")], png, start, stop)
+            report["sweep"] = run_sweep(t, m, video, [int(k) for k in intervals.split(",")], png, start, stop,
+                                        budgets=sweep_budgets, calib_data=calib)
             typer.echo(f"Pareto plot: {png}")
     except _user_errors() as e:
         _fail(e)
@@ -134,3 +160,18 @@ def bench(
     if json_out:
         write_json(json_out, report)
         typer.echo(f"report: {json_out}")
+
+
+def _calibration_clips(teacher, video: Path, start: int, videos: Optional[list[Path]], k: int):
+    """Clips to calibrate on: the given videos, else the bench video's frames before the evaluated ones."""
+    from deltadistill.video import VideoClips, video_info
+
+    size, value_range = tuple(getattr(teacher, "input_size", (256, 256))), getattr(teacher, "input_range", 1.0)
+    if videos:
+        return VideoClips(videos, clip_len=3, max_interval=k, size=size, value_range=value_range)
+    n = video_info(video).frames
+    if start < 12:
+        raise ValueError("calibration needs frames the benchmark does not score: give --start (at least 12) "
+                         "so that frames before it calibrate, or --calib-videos")
+    return VideoClips([video], clip_len=3, max_interval=k, size=size, frame_range=(0.0, start / n),
+                      value_range=value_range)
