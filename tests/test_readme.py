@@ -18,3 +18,15 @@ def test_readme_example_runs(tmp_path, monkeypatch) -> None:
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
     assert (tmp_path / "runs" / "my_model" / "students.safetensors").is_file()
     assert isinstance(scope["detections"], list) and set(scope["detections"][0]) == {"boxes", "scores", "labels"}
+
+
+def test_readme_calibrate_example_runs(tmp_path, monkeypatch) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    first, calib = blocks[0], blocks[1]
+    setup = "\n".join(line for line in first.splitlines() if line.startswith(("import", "from", "teacher =", "clips =")))
+    calib = calib.replace("budget=0.25)", "budget=0.25, clips=2)")
+    assert "clips=2" in calib
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(setup + "\n" + calib, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    assert abs(scope["result"].cost - 0.25) < 0.01 and sum(scope["result"].counts().values()) == 85

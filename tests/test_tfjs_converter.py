@@ -93,6 +93,22 @@ def test_pad_same_puts_extra_pixel_bottom_right() -> None:
     assert torch.equal(y[0, 0, :4, :4], x[0, 0]) and y[0, 0, 4].abs().sum() == 0 and y[0, 0, :, 4].abs().sum() == 0
 
 
+@pytest.mark.parametrize("shape", [(1, 64, 64, 64), (2, 5, 7, 9), (1, 1, 4, 4), (1, 3, 1, 6)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("value", [0.0, -1.5])
+def test_pad_same_equals_f_pad_and_keeps_the_layout(shape, channels_last: bool, value: float) -> None:
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for kernel, stride in (((3, 3), (2, 2)), ((5, 5), (2, 2)), ((4, 4), (1, 1)), ((1, 3), (1, 2))):
+        top, bottom = same_pads(shape[2], kernel[0], stride[0])
+        left, right = same_pads(shape[3], kernel[1], stride[1])
+        out = pad_same(x, kernel, stride, value=value)
+        assert torch.equal(out, torch.nn.functional.pad(x, (left, right, top, bottom), value=value))
+        if channels_last and out is not x:
+            assert out.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_legacy_bilinear_resize_hand_cases() -> None:
     # TF1 legacy mode samples at dst * in/out: [0, 10] -> 4 gives src 0, .5, 1, 1.5(clamped) -> 0, 5, 10, 10
     x = torch.tensor([0.0, 10.0]).view(1, 1, 1, 2)

@@ -32,7 +32,21 @@ def pad_same(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilati
     left, right = same_pads(x.shape[-1], kernel[1], stride[1], dilation[1])
     if top == bottom == left == right == 0:
         return x
-    return F.pad(x, (left, right, top, bottom), value=value)
+    if x.dim() != 4:
+        return F.pad(x, (left, right, top, bottom), value=value)
+    # F.pad fills the whole output before copying x in: on large maps that fill costs as much as the
+    # copy. Copy x into an empty tensor of x's layout and fill only the border strips.
+    n, c, h, w = x.shape
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    out = torch.empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last if cl else torch.contiguous_format)
+    out[:, :, top:top + h, left:left + w] = x
+    for rows, cols in (((0, top), None), ((top + h, top + h + bottom), None),
+                       ((top, top + h), (0, left)), ((top, top + h), (left + w, left + w + right))):
+        if rows[1] > rows[0] and (cols is None or cols[1] > cols[0]):
+            strip = out[:, :, rows[0]:rows[1]] if cols is None else out[:, :, rows[0]:rows[1], cols[0]:cols[1]]
+            strip.fill_(value)
+    return out
 
 
 @lru_cache(maxsize=64)
