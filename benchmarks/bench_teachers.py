@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--k", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="torch.compile both models")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     plan = PLANS[args.teacher]
@@ -41,13 +42,14 @@ def main() -> None:
     model = load_delta_model(teacher, args.model)
     video = default_videos()[plan.eval_video]
     start = int(TRAIN_FRACTION * video_info(video).frames)
-    report, _ = evaluate_on_video(teacher, model, video, keyframe_interval=k, start=start, name=args.teacher)
+    report, _ = evaluate_on_video(teacher, model, video, keyframe_interval=k, start=start, name=args.teacher,
+                                  compile=args.compile)
     t = TARGETS[args.teacher]
     wall_share = report["speedup"] / report["mac_ratio"]
     ok = lambda good: "met" if good else "**not met**"  # noqa: E731
     g, ms, acc, tc = report["gmacs_per_frame"], report["ms_per_frame"], report["accuracy"], report["temporal_consistency"]
     d = report["detail"]
-    body = f"""Held-out frames {start}..{report['frames'] + start - 1} of `{plan.eval_video}` ({report['frames']} frames), K={k}, batch 1, channels_last, {report['threads']} threads, teacher and delta model interleaved in one process.
+    body = f"""Held-out frames {start}..{report['frames'] + start - 1} of `{plan.eval_video}` ({report['frames']} frames), K={k}, batch 1, channels_last, {report['threads']} threads, teacher and delta model interleaved in one process{', both through torch.compile (timed after warm-up)' if args.compile else ''}.
 
 | | teacher | delta model | ratio |
 |---|---|---|---|
@@ -60,7 +62,9 @@ def main() -> None:
 
 Targets: MAC ratio >= {t['mac_ratio']}: {ok(report['mac_ratio'] >= t['mac_ratio'])}; accuracy >= {t['accuracy']}: {ok(acc['value'] >= t['accuracy'])}; wall-clock speedup is {wall_share:.0%} of the MAC ratio{'' if t['wall_share'] is None else f" (target {t['wall_share']:.0%}: {ok(wall_share >= t['wall_share'])})"}.
 """
-    print(write_section(f"teacher-{args.teacher}", f"{args.teacher}: teacher vs delta model, K={k}", body))
+    suffix = "-compiled" if args.compile else ""
+    title = f"{args.teacher}: teacher vs delta model, K={k}{', torch.compile' if args.compile else ''}"
+    print(write_section(f"teacher-{args.teacher}{suffix}", title, body))
 
 
 if __name__ == "__main__":

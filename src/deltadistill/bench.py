@@ -40,7 +40,8 @@ def load_delta_model(teacher: nn.Module, model_dir: str | Path) -> nn.Module:
 
 def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *, keyframe_interval: int,
                       start: int = 0, stop: int | None = None, out_video: str | Path | None = None,
-                      threads: int | None = None, progress: bool = True, name: str | None = None) -> tuple[dict, Comparison]:
+                      threads: int | None = None, progress: bool = True, name: str | None = None,
+                      compile: bool = False) -> tuple[dict, Comparison]:
     """Run both models over ``video[start:stop]``; return (report dict, per-frame comparison)."""
     if threads:
         torch.set_num_threads(threads)
@@ -69,7 +70,7 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
         cmp = compare(teacher, model, iter_frames(video, size, "letterbox", start, stop),
                       keyframe_interval=keyframe_interval, preprocess=teacher.preprocess,
                       postprocess=lambda out: task.single(teacher.postprocess(out)),
-                      on_frame=on_frame, total=stop - start, progress=progress)
+                      on_frame=on_frame, total=stop - start, progress=progress, compile=compile)
     except BaseException as e:
         if writer is not None:
             writer.__exit__(type(e), e, None)
@@ -87,7 +88,7 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
     report = build_report(name or getattr(teacher, "name", type(teacher).__name__), str(video), cmp, macs,
                           accuracy, task.metric,
                           {"teacher": tc_teacher.compute(), "delta": tc_delta.compute()},
-                          {"frame_range": [start, stop], "threads": torch.get_num_threads()})
+                          {"frame_range": [start, stop], "threads": torch.get_num_threads(), "compiled": compile})
     return report, cmp
 
 

@@ -122,6 +122,7 @@ def bench(
     calib_videos: Optional[list[Path]] = typer.Option(None, help="calibration videos (default: this video's "
                                                       "frames before --start)"),
     threads: int = typer.Option(0, help="torch threads for both models (0: torch's default)"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile both models (timed after compiling)"),
 ) -> None:
     """Teacher vs delta model on the same frames, in one process: MACs, ms, speedup, accuracy, consistency."""
     from deltadistill.bench import calibrated_model, evaluate_on_video, load_delta_model
@@ -145,7 +146,7 @@ def bench(
         m = load_delta_model(t, model) if model is not None else calibrated_model(t, calib, budget)
         stop = start + frames if frames else None
         report, _ = evaluate_on_video(t, m, video, keyframe_interval=keyframe_interval, start=start, stop=stop,
-                                      out_video=render, name=teacher)
+                                      out_video=render, name=teacher, compile=compile)
         if sweep:
             from deltadistill.bench import sweep as run_sweep
 

@@ -78,14 +78,20 @@ def compare(
     warmup: int = 3,
     total: int | None = None,
     progress: bool = True,
+    compile: bool = False,
 ) -> Comparison:
     """Teacher (a plain model) and delta model (converted or deployed) on the same frames.
 
     ``frames`` yields uint8 RGB (H, W, 3) arrays at the model's input size; ``on_frame`` sees
     ``(index, frame, teacher_pred, delta_pred, is_key)`` for rendering or streaming metrics.
+    ``compile`` runs both models through ``torch.compile``; the warm-up, then two keyframe cycles
+    long, absorbs the compile time and is not timed.
     """
     teacher, model = channels_last(teacher.eval()), channels_last(model.eval())
-    stream = DeltaStream(model, EveryK(keyframe_interval))
+    stream = DeltaStream(model, EveryK(keyframe_interval), compile=compile)
+    if compile:  # both or neither: the ratio must compare like with like
+        teacher = torch.compile(teacher)
+        warmup = max(warmup, 2 * keyframe_interval + 1)  # a second keyframe may still recompile
     result = Comparison(keyframe_interval, warmup=warmup)
     for i, frame in enumerate(tqdm(frames, total=total, desc="teacher vs delta", disable=not progress)):
         x = preprocess(frame).contiguous(memory_format=torch.channels_last)
