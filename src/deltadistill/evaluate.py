@@ -33,6 +33,14 @@ class Comparison:
     teacher_preds: list[Any] = field(default_factory=list)
     delta_preds: list[Any] = field(default_factory=list)
     warmup: int = 0
+    #: per delta frame: did the delta model return its keyframe's raw output again, bit for bit?
+    repeated_key: list[bool] = field(default_factory=list)
+
+    @property
+    def repeat_share(self) -> float:
+        """Share of delta frames whose raw output is the keyframe's: 1.0 means the model only repeats
+        keyframes (a zero student cuts every path to the output), whatever its MACs say."""
+        return sum(self.repeated_key) / len(self.repeated_key) if self.repeated_key else 0.0
 
     @property
     def frames(self) -> int:
@@ -101,6 +109,10 @@ def compare(
         d_out = stream(x)
         t2 = time.perf_counter()
         key = bool(stream.last_key)
+        if key:
+            key_out = d_out
+        else:
+            result.repeated_key.append(_same(d_out, key_out))
         t_pred, d_pred = postprocess(t_out), postprocess(d_out)
         result.ms_teacher.append((t1 - t0) * 1e3)
         result.ms_delta.append((t2 - t1) * 1e3)
@@ -112,3 +124,15 @@ def compare(
     if result.frames <= warmup:
         raise ValueError(f"need more than {warmup} frames to time after warm-up, got {result.frames}")
     return result
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Bitwise equality of two model outputs (tensors, or tuples/lists/dicts of them)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)):
+        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+

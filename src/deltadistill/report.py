@@ -31,6 +31,7 @@ def build_report(teacher_name: str, video: str, cmp: Comparison, macs: MacReport
             "gmacs_keyframe": macs.keyframe / 1e9, "gmacs_delta_frame": macs.delta / 1e9,
             "ms_keyframe": cmp.key_ms, "ms_delta_frame": cmp.delta_frame_ms,
             "speedup_over_mac_ratio": (cmp.teacher_ms / cmp.delta_ms) / macs.ratio,
+            "delta_frames_repeating_keyframe": cmp.repeat_share,
             "timing": "median ms after warm-up, interleaved in one process, channels_last; delta amortised "
                       "as (key + (K-1) * delta frame) / K",
         },
@@ -54,7 +55,12 @@ def table(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines) + f"\n({report['frames']} frames of {Path(report['video']).name})"
+    out = "\n".join(lines) + f"\n({report['frames']} frames of {Path(report['video']).name})"
+    if report.get("detail", {}).get("delta_frames_repeating_keyframe", 0.0) == 1.0:
+        out += ("\nnote: every delta frame returned its keyframe's output, bit for bit: this model only repeats\n"
+                "keyframes (a zero student cuts every path to the output). Its accuracy is the repeat baseline's,\n"
+                "and its speed is that of skipping the frame.")
+    return out
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
