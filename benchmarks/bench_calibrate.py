@@ -153,7 +153,7 @@ everything measured on the last 30% of bikes.mp4 (held out), K={args.k}; no trai
 **Whole models**, frames {start}..{stop - 1}. "heatmap change recovered": `1 - ||H_delta - H_teacher||^2 / ||H_key - H_teacher||^2`
 over delta frames: 0 means no better than repeating the keyframe's heatmap, 1 means the teacher's.
 
-| students | chosen | MAC ratio | wall-clock speedup | mAP50 vs teacher | repeating the keyframe | heatmap change recovered |
+| students | chosen | MAC ratio | wall-clock speedup (below 1: slower) | mAP50 vs teacher | repeating the keyframe | heatmap change recovered |
 |---|---|---|---|---|---|---|
 """ + "\n".join(rows)
     print(write_section("calibrate-centernet", "centernet: calibrated students vs the paper's", body))

@@ -14,9 +14,10 @@ import argparse
 import torch
 
 from deltadistill import teachers
-from deltadistill.bench import evaluate_on_video, load_delta_model
+from deltadistill.bench import calibrated_model, evaluate_on_video, load_delta_model
 from deltadistill.demo import PLANS, TRAIN_FRACTION
-from deltadistill.video import default_videos, video_info
+from deltadistill.report import speed_words
+from deltadistill.video import VideoClips, default_videos, video_info
 
 try:
     from _report import write_section
@@ -30,7 +31,8 @@ TARGETS = {"centernet": {"mac_ratio": 4.0, "accuracy": 0.90, "wall_share": 0.75}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default="centernet", choices=sorted(PLANS))
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", help="a trained model directory (e.g. the demo's)")
+    ap.add_argument("--budget", type=float, help="instead of --model: calibrate one at this budget (no training)")
     ap.add_argument("--k", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="torch.compile both models")
@@ -39,8 +41,17 @@ def main() -> None:
     plan = PLANS[args.teacher]
     k = args.k or plan.keyframe_interval
     teacher = teachers.load(args.teacher)
-    model = load_delta_model(teacher, args.model)
-    video = default_videos()[plan.eval_video]
+    videos = default_videos()
+    if (args.model is None) == (args.budget is None):
+        ap.error("give exactly one of --model and --budget")
+    if args.model:
+        model = load_delta_model(teacher, args.model)
+    else:
+        clips = VideoClips([videos[v] for v in plan.train_videos], clip_len=3, max_interval=k,
+                           size=tuple(teacher.input_size), frame_range=(0.0, TRAIN_FRACTION), seed=0,
+                           value_range=teacher.input_range)
+        model = calibrated_model(teacher, clips, args.budget)
+    video = videos[plan.eval_video]
     start = int(TRAIN_FRACTION * video_info(video).frames)
     report, _ = evaluate_on_video(teacher, model, video, keyframe_interval=k, start=start, name=args.teacher,
                                   compile=args.compile)
@@ -55,7 +66,7 @@ def main() -> None:
 |---|---|---|---|
 | GMAC / frame (amortised) | {g['teacher']:.3f} | {g['delta']:.3f} | **{report['mac_ratio']:.2f}x** fewer |
 | GMAC keyframe / delta frame | | {d['gmacs_keyframe']:.3f} / {d['gmacs_delta_frame']:.3f} | |
-| CPU ms / frame (amortised) | {ms['teacher']:.1f} | {ms['delta']:.1f} | **{report['speedup']:.2f}x** faster |
+| CPU ms / frame (amortised) | {ms['teacher']:.1f} | {ms['delta']:.1f} | **{speed_words(report['speedup'])}** |
 | CPU ms keyframe / delta frame | | {d['ms_keyframe']:.1f} / {d['ms_delta_frame']:.1f} | |
 | {acc['metric']} | 1.000 | {acc['value']:.3f} | repeating the teacher's keyframe output instead: {acc['hold_keyframe_baseline']:.3f} |
 | temporal consistency | {tc['teacher']:.3f} | {tc['delta']:.3f} | |
@@ -64,8 +75,9 @@ Delta frames whose output was their keyframe's, bit for bit: {d['delta_frames_re
 
 Targets: MAC ratio >= {t['mac_ratio']}: {ok(report['mac_ratio'] >= t['mac_ratio'])}; accuracy >= {t['accuracy']}: {ok(acc['value'] >= t['accuracy'])}; wall-clock speedup is {wall_share:.0%} of the MAC ratio{'' if t['wall_share'] is None else f" (target {t['wall_share']:.0%}: {ok(wall_share >= t['wall_share'])})"}.
 """
-    suffix = "-compiled" if args.compile else ""
-    title = f"{args.teacher}: teacher vs delta model, K={k}{', torch.compile' if args.compile else ''}"
+    suffix = ("-calibrated" if args.budget else "") + ("-compiled" if args.compile else "")
+    what = f", calibrated at budget {args.budget} (no training)" if args.budget else ""
+    title = f"{args.teacher}: teacher vs delta model, K={k}{what}{', torch.compile' if args.compile else ''}"
     print(write_section(f"teacher-{args.teacher}{suffix}", title, body))
 
 

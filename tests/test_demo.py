@@ -73,7 +73,7 @@ def test_bench_sweeps_budgets_with_calibrated_models(tmp_path: Path) -> None:
     assert SCHEMA <= report.keys() and report["frames"] == 8
     assert report["gmacs_per_frame"]["delta"] < report["gmacs_per_frame"]["teacher"]
     points = report["sweep"]
-    assert {p["series"] for p in points} == {"model", "calibrated, budget 0.2", "calibrated, budget 0.6"}
+    assert {p["series"] for p in points} == {"calibrated, budget 0.3", "calibrated, budget 0.2", "calibrated, budget 0.6"}
     by = {(p["series"], p["keyframe_interval"]): p for p in points}
     for k in (2, 4):  # a larger budget costs more MACs at the same keyframe interval
         assert by[("calibrated, budget 0.2", k)]["gmacs"] < by[("calibrated, budget 0.6", k)]["gmacs"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -113,6 +114,21 @@ def test_cli_rejects_bad_videos_with_one_clear_line(tmp_path, kind: str) -> None
              "--steps", "1")
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error: ") and str(video) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_distill_with_calibration(tmp_path) -> None:
+    out = tmp_path / "cal"
+    args = ("deltadistill", "distill", "--teacher", "tinyseg", "--videos", str(default_videos()["bikes"]),
+            "--out", str(out), "--steps", "2", "--size", "48", "--workers", "0", "--calibrate")
+    r = _cli(*args)
+    assert r.returncode == 2 and "--calibrate needs --budget" in r.stderr and "Traceback" not in r.stderr
+    r = _cli(*args, "--budget", "0.3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "calibrated: a delta frame costs" in r.stdout
+    meta = json.loads((out / "model" / "deltadistill.json").read_text())
+    ranks = {tuple(sorted(info["specs"].get("compressed", {}).items())) for info in meta["layers"].values()}
+    assert all(len(info["students"]) == 1 for info in meta["layers"].values())
+    assert len(ranks) > 1  # per-layer choices, not one gamma everywhere
 
 
 def test_torchrun_two_processes_agree(tmp_path) -> None:

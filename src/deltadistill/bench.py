@@ -102,7 +102,7 @@ def calibrated_model(teacher: nn.Module, data: Any, budget: float, clips: int = 
 
 def sweep(teacher: nn.Module, model: nn.Module | None, video: str | Path, intervals: list[int], out_png: Path,
           start: int = 0, stop: int | None = None, progress: bool = True, budgets: Sequence[float] = (),
-          calib_data: Any = None) -> list[dict]:
+          calib_data: Any = None, model_label: str = "model") -> list[dict]:
     """Accuracy vs amortised GMACs per frame: the given model and one calibrated model per budget,
     each at every keyframe interval, beside the free rival of repeating the teacher's keyframe output.
 
@@ -110,7 +110,7 @@ def sweep(teacher: nn.Module, model: nn.Module | None, video: str | Path, interv
     """
     if budgets and calib_data is None:
         raise ValueError("a budget sweep needs calibration clips (frames it does not evaluate on)")
-    series: list[tuple[str, nn.Module]] = [("model", model)] if model is not None else []
+    series: list[tuple[str, nn.Module]] = [(model_label, model)] if model is not None else []
     for b in budgets:
         series.append((f"calibrated, budget {b:g}", calibrated_model(teacher, calib_data, b, progress=progress)))
     points, hold, teacher_gmacs, metric = [], {}, 0.0, ""
@@ -133,7 +133,7 @@ def _plot_sweep(points: list[dict], hold: dict[int, float], teacher_gmacs: float
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for label in dict.fromkeys(p["series"] for p in points):
         pts = sorted((p for p in points if p["series"] == label), key=lambda p: p["gmacs"])
         ax.plot([p["gmacs"] for p in pts], [p["accuracy"] for p in pts], "o-", label=label)
@@ -147,7 +147,7 @@ def _plot_sweep(points: list[dict], hold: dict[int, float], teacher_gmacs: float
     ax.set_xlabel("GMAC / frame (amortised)")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, never on a point
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)

@@ -44,6 +44,8 @@ def distill(
     batch_size: int = typer.Option(1, min=1),
     reduction: int = typer.Option(4, min=1, help="channel reduction gamma of compressed students"),
     candidates: str = typer.Option("compressed,full", help="students the gates choose among"),
+    calibrate: bool = typer.Option(False, "--calibrate", help="choose each layer's student in closed form "
+                                   "from real deltas at --budget (dd.calibrate) instead of the gate search"),
     lr: float = typer.Option(1e-3),
     gate_lr: float = typer.Option(5e-2),
     workers: int = typer.Option(1, min=0, help="DataLoader workers decoding video"),
@@ -63,7 +65,14 @@ def distill(
         hw = (size, size) if size else tuple(getattr(model, "input_size", (256, 256)))
         clips = VideoClips(videos, clip_len=clip_len, max_interval=keyframe_interval, size=hw, seed=seed,
                            value_range=getattr(model, "input_range", 1.0))
-        dd.convert(model, dd.DeltaConfig(reduction=reduction, candidates=tuple(candidates.split(","))))
+        if calibrate:
+            if budget is None:
+                raise ValueError("--calibrate needs --budget (a delta frame's share of the teacher's MACs)")
+            dd.convert(model, dd.DeltaConfig(student="compressed", reduction=reduction))
+            cal = dd.calibrate(model, clips, budget=budget)
+            typer.echo(f"calibrated: a delta frame costs {cal.cost:.1%} of the teacher; students {cal.counts()}")
+        else:
+            dd.convert(model, dd.DeltaConfig(reduction=reduction, candidates=tuple(candidates.split(","))))
         result = dd.distill(model, clips, steps=steps, budget=budget, lr=lr, gate_lr=gate_lr,
                             batch_size=batch_size, num_workers=workers, out_dir=out,
                             checkpoint_every=checkpoint_every, resume=resume, seed=seed)
@@ -133,8 +142,8 @@ def bench(
         if json_out is not None and json_out.exists() and json_out.is_dir():
             raise ValueError(f"--json {json_out} is a directory")
         sweep_budgets = _floats(budgets, "--budgets")
-        if model is None and budget is None:
-            raise ValueError("give --model (a trained delta model) or --budget (calibrate one now)")
+        if (model is None) == (budget is None):
+            raise ValueError("give either --model (a trained delta model) or --budget (calibrate one now)")
         if threads:
             import torch
 
@@ -152,7 +161,8 @@ def bench(
 
             png = (json_out or Path("bench.json")).with_suffix(".pareto.png")
             report["sweep"] = run_sweep(t, m, video, [int(k) for k in intervals.split(",")], png, start, stop,
-                                        budgets=sweep_budgets, calib_data=calib)
+                                        budgets=sweep_budgets, calib_data=calib,
+                                        model_label="model" if model is not None else f"calibrated, budget {budget:g}")
             typer.echo(f"Pareto plot: {png}")
     except _user_errors() as e:
         _fail(e)

@@ -40,6 +40,11 @@ def build_report(teacher_name: str, video: str, cmp: Comparison, macs: MacReport
     return report
 
 
+def speed_words(speedup: float) -> str:
+    """'1.40x faster', or '1.30x slower' for a speedup below one (never '0.77x faster')."""
+    return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
+
+
 def table(report: dict[str, Any]) -> str:
     g, ms, tc = report["gmacs_per_frame"], report["ms_per_frame"], report["temporal_consistency"]
     acc = report["accuracy"]
@@ -47,7 +52,7 @@ def table(report: dict[str, Any]) -> str:
         ("", "teacher", "delta model", "ratio"),
         (f"GMAC/frame (K={report['keyframe_interval']})", f"{g['teacher']:.3f}", f"{g['delta']:.3f}",
          f"{report['mac_ratio']:.2f}x fewer"),
-        ("CPU ms/frame", f"{ms['teacher']:.1f}", f"{ms['delta']:.1f}", f"{report['speedup']:.2f}x faster"),
+        ("CPU ms/frame", f"{ms['teacher']:.1f}", f"{ms['delta']:.1f}", speed_words(report["speedup"])),
         (acc["metric"], "1.000", f"{acc['value']:.3f}",
          f"(repeating keyframes: {acc['hold_keyframe_baseline']:.3f})" if "hold_keyframe_baseline" in acc else ""),
         ("temporal consistency", f"{tc['teacher']:.3f}", f"{tc['delta']:.3f}", ""),

@@ -122,7 +122,8 @@ def split_spectrum(weight: Tensor, groups: int, cov: Tensor | None = None) -> tu
     ``s^2``. With ``cov`` (G, Cin_g*kh, Cin_g*kh), the covariance of the vertical patches of the
     layer's real input deltas, it means losing the least expected output-delta energy
     ``E||(M - M_r)^T p||^2``: the SVD of ``L^T M`` with ``cov = L L^T`` (from its eigenvectors,
-    with a small ridge), mapped back through ``L^-T``. ``energy`` is then the expected delta energy each direction carries.
+    with a small ridge), mapped back through ``L^-T``. ``energy`` is then the expected delta energy
+    each direction carries.
     """
     cout, cin_g, kh, kw = weight.shape
     cout_g = cout // groups
