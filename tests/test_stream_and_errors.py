@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import pytest
 import torch
 from torch import nn
 
 import deltadistill as dd
+from deltadistill.files import atomic_write
 from deltadistill.models import ResNetLike, TinySegNet
 from tests.conftest import make_video
 from tests.test_identities import randomise_gates_and_students
@@ -165,3 +167,16 @@ def test_corrupt_or_missing_checkpoint_is_refused(model, tmp_path) -> None:
     (ckpt / "deltadistill.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(dd.CheckpointError, match="format"):
         dd.load(TinySegNet(), ckpt)
+
+
+def test_results_are_written_with_ordinary_permissions(model, tmp_path) -> None:
+    """Atomic writes go through a private temp file; the published file must not stay 0600."""
+    mask = os.umask(0o022)
+    try:
+        dd.save(model, tmp_path / "m")
+        atomic_write(tmp_path / "r.json", lambda p: p.write_text("{}"))
+    finally:
+        os.umask(mask)
+    for f in (tmp_path / "m" / "students.safetensors", tmp_path / "m" / "deltadistill.json", tmp_path / "r.json"):
+        assert f.stat().st_mode & 0o777 == 0o644, f
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temp files left behind

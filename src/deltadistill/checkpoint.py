@@ -8,8 +8,6 @@ checks, layer by layer, that the checkpoint was made for this teacher's architec
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from torch import nn
 
 from .config import DeltaConfig
 from .convert import _replace, convert
+from .files import atomic_write
 from .fold import fold_batchnorm
 from .layer import DeltaConv2d, DeployedDeltaConv2d
 from .modes import delta_layers
@@ -31,19 +30,6 @@ WEIGHTS, META = "students.safetensors", "deltadistill.json"
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or made for another model."""
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(tmp_path)`` then rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _layer_meta(layer: nn.Module) -> dict[str, Any]:

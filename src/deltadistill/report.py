@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_write
 from .evaluate import Comparison
+from .files import atomic_write
 from .macs import MacReport
 
 

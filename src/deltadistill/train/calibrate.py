@@ -219,8 +219,9 @@ def calibrate(model: nn.Module, data: Any, *, budget: float, clips: int = 16,
             student = CompressedStudent.from_teacher(m.base, config, rank=rank, cov=covs[n])
         else:
             student = STUDENTS[kind].from_teacher(m.base, config)
-        m.set_students({kind: student})
+        m.set_students({kind: student.to(m.base.weight.device)})
         total += macs
-        result.layers.append(LayerChoice(n, kind, rank, macs, m.teacher_macs(), math.exp(-err)))
+        kept = 0.0 if kind == "zero" and err > 0 else math.exp(-err)
+        result.layers.append(LayerChoice(n, kind, rank, macs, m.teacher_macs(), kept))
     result.cost = total / report.teacher
     return result

@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..checkpoint import CheckpointError, atomic_write, save
+from ..checkpoint import CheckpointError, save
+from ..files import atomic_write
 
 KEEP = 2
 

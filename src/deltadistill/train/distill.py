@@ -22,7 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from ..checkpoint import atomic_write, save
+from ..checkpoint import save
+from ..files import atomic_write
 from ..layer import DeltaConv2d
 from ..modes import delta_layers, mode, record_true_delta
 from . import checkpointing as ckpt

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
+
+from ..files import publish, temp_beside
 
 _PALETTE = np.array([(255, 56, 56), (50, 205, 50), (30, 144, 255), (255, 178, 29), (186, 85, 211),
                      (0, 206, 209), (255, 105, 180), (128, 128, 0)], np.uint8)
@@ -22,10 +22,7 @@ class VideoWriter:
         self.container = None
 
     def __enter__(self) -> VideoWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".mp4", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = temp_beside(self.path, ".mp4")
         self.container = av.open(str(self.tmp), mode="w")
         self.stream = None
         return self
@@ -52,7 +49,7 @@ class VideoWriter:
                     self.container.mux(packet)
             self.container.close()
             if exc_type is None and self.stream is not None:
-                os.replace(self.tmp, self.path)
+                publish(self.tmp, self.path)
         finally:
             self.tmp.unlink(missing_ok=True)
 

@@ -1,0 +1,40 @@
+"""Atomic file output: a file appears complete or not at all, with the permissions a plain write gives."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_beside(path: Path, suffix: str = "") -> Path:
+    """An empty temporary file in ``path``'s directory (created if needed), to be published over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` onto ``path``. mkstemp makes files private (0600); a result should be as
+    readable as any file the user writes, so it gets the umask's default mode first."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through ``write(tmp_path)`` then rename, so a crash never leaves a half-written file."""
+    tmp = temp_beside(path)
+    try:
+        write(tmp)
+        publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
