@@ -13,6 +13,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "BENCHMARKS.md"
+TRAILER = "## Where the models in these tables came from"
 
 
 def machine() -> str:
@@ -35,6 +36,12 @@ def write_section(name: str, title: str, body: str) -> str:
                f"<!-- /bench:{name} -->")
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\nEvery figure below was measured, by the command shown above it.\n"
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    elif TRAILER in text:  # new sections go above the closing notes
+        at = text.index(TRAILER)
+        text = text[:at] + section + "\n\n" + text[at:]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
     BENCHMARKS.write_text(text)
     return section
