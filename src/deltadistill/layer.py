@@ -39,6 +39,12 @@ class DeltaLayer(nn.Module):
         self.key: bool | Tensor = True
         self.in_hw: tuple[int, int] | None = None
 
+    def _see(self, x: Tensor) -> None:
+        """Remember the input size (for MAC counting); cheap on the per-frame path."""
+        hw = (x.shape[-2], x.shape[-1])
+        if self.in_hw != hw:
+            self.__dict__["in_hw"] = hw
+
     def extra_repr(self) -> str:
         return f"mode={self.mode}"
 
@@ -135,7 +141,7 @@ class DeltaConv2d(DeltaLayer):
         return self.base._conv_forward(delta, self.base.weight, None)
 
     def forward(self, x: Tensor) -> Tensor:
-        self.in_hw = (x.shape[-2], x.shape[-1])
+        self._see(x)
         if self.mode == "teacher":
             z = self.base(x)
             if self.record_true_delta:  # the teacher's own features: the distillation target
@@ -222,7 +228,7 @@ class DeployedDeltaConv2d(DeltaLayer):
         return self.student_name
 
     def forward(self, x: Tensor) -> Tensor:
-        self.in_hw = (x.shape[-2], x.shape[-1])
+        self._see(x)
         if self.mode == "teacher":
             return self.base(x)
         if self.mode != "stream":

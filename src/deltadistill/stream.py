@@ -53,6 +53,8 @@ class DeltaStream:
         self.layers = [layer for _, layer in delta_layers(model)]
         # modules that can use per-stream state themselves (e.g. a graph skipping unchanged subgraphs)
         self.aware = [m for m in model.modules() if getattr(m, "supports_stream_state", False)]
+        self.layer_states = [layer.__dict__ for layer in self.layers]
+        self.aware_states = [m.__dict__ for m in self.aware]
         if not self.layers:
             raise ValueError("model has no delta layers: call deltadistill.convert(model, config) first")
         self.reset()
@@ -90,17 +92,19 @@ class DeltaStream:
     def __call__(self, frame: Tensor):
         self._check(frame)
         key = self.key_mask(frame)
-        for layer, cache in zip(self.layers, self.caches, strict=True):  # one pass, no module-tree walk
-            layer.mode, layer.cache, layer.key = "stream", cache, key
-        for m, cache in zip(self.aware, self.aware_caches, strict=True):
-            m.stream_state = {"key": key, "cache": cache}
+        # Per-frame state goes straight into each module's __dict__: nn.Module.__setattr__ checks for
+        # parameters, buffers and submodules on every assignment, which cost ~1.5 ms a frame on selfie.
+        for state, cache in zip(self.layer_states, self.caches, strict=True):  # no module-tree walk
+            state["mode"], state["cache"], state["key"] = "stream", cache, key
+        for state, cache in zip(self.aware_states, self.aware_caches, strict=True):
+            state["stream_state"] = {"key": key, "cache": cache}
         try:
             out = self.runner(frame)
         finally:
-            for layer in self.layers:
-                layer.cache = None
-            for m in self.aware:
-                m.stream_state = None
+            for state in self.layer_states:
+                state["cache"] = None
+            for state in self.aware_states:
+                state["stream_state"] = None
         self.shape = frame.shape
         self.last_key = key
         self.step += 1
