@@ -22,22 +22,25 @@ except ImportError:  # run as a module
     from benchmarks._report import write_section
 
 
-def median_ms(fn, n: int) -> float:
+def interleaved_ms(fns, n: int) -> list[float]:
+    """Median ms of each function, run in turn n times so that drift in the machine's speed hits all alike."""
     for _ in range(3):
-        fn()
-    ts = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e3
+        for ts, fn in zip(times, fns, strict=True):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return [statistics.median(ts) * 1e3 for ts in times]
 
 
 @torch.no_grad()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -56,13 +59,13 @@ def main() -> None:
         macs = dd.count_macs(model, (3, args.size, args.size), keyframe_interval=8)
         stream = dd.DeltaStream(model, dd.EveryK(10**9))
         stream(x)
-        t_teacher = median_ms(lambda: teacher(x), args.repeats)  # interleaved with the student's timing
-        t_delta = median_ms(lambda s=stream: s(x2), args.repeats)
+        t_teacher, t_delta = interleaved_ms([lambda: teacher(x), lambda s=stream: s(x2)], args.repeats)
         mac_ratio = macs.teacher / macs.delta
         rows.append(f"| {student} | {gamma} | {macs.teacher / 1e9:.2f} | {macs.delta / 1e9:.2f} | {mac_ratio:.2f}x "
                     f"| {t_teacher:.1f} | {t_delta:.1f} | {t_teacher / t_delta:.2f}x | {t_teacher / t_delta / mac_ratio:.0%} |")
         print(rows[-1], flush=True)
-    body = ("One delta frame of the deployed model against one teacher frame (batch 1, channels_last, BN folded in both).\n\n"
+    body = ("One delta frame of the deployed model against one teacher frame (batch 1, channels_last, BN folded in both),\n"
+            f"run in turn {args.repeats} times, median of each.\n\n"
             "| student | gamma | teacher GMAC | delta GMAC | MAC ratio | teacher ms | delta ms | speedup | speedup / MAC ratio |\n"
             "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
     print(write_section(f"core-resnet{args.size}", f"Core: ResNet-18-like at {args.size}x{args.size}, delta frame", body))
