@@ -16,7 +16,7 @@ import torch
 from deltadistill import teachers
 from deltadistill.bench import calibrated_model, evaluate_on_video, load_delta_model
 from deltadistill.demo import PLANS, TRAIN_FRACTION
-from deltadistill.report import speed_words
+from deltadistill.report import REPEAT_NOTE, speed_words
 from deltadistill.video import VideoClips, default_videos, video_info
 
 try:
@@ -71,7 +71,7 @@ def main() -> None:
 | {acc['metric']} | 1.000 | {acc['value']:.3f} | repeating the teacher's keyframe output instead: {acc['hold_keyframe_baseline']:.3f} |
 | temporal consistency | {tc['teacher']:.3f} | {tc['delta']:.3f} | |
 
-Delta frames whose output was their keyframe's, bit for bit: {d['delta_frames_repeating_keyframe']:.0%}{' (this model only repeats keyframes: a zero student cuts every path to the output, so its accuracy is the repeat baseline and its speed is that of skipping the frame)' if d['delta_frames_repeating_keyframe'] == 1.0 else ''}.
+Delta frames whose output was their keyframe's, bit for bit: {d['delta_frames_repeating_keyframe']:.0%}{': ' + REPEAT_NOTE if d['delta_frames_repeating_keyframe'] == 1.0 else '.'}
 
 Targets: MAC ratio >= {t['mac_ratio']}: {ok(report['mac_ratio'] >= t['mac_ratio'])}; accuracy >= {t['accuracy']}: {ok(acc['value'] >= t['accuracy'])}; wall-clock speedup is {wall_share:.0%} of the MAC ratio{'' if t['wall_share'] is None else f" (target {t['wall_share']:.0%}: {ok(wall_share >= t['wall_share'])})"}.
 """

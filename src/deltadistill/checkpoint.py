@@ -45,8 +45,9 @@ def _layer_meta(layer: nn.Module) -> dict[str, Any]:
 def _rebuild_students(layer: DeltaConv2d, info: dict[str, Any], config: DeltaConfig) -> None:
     """Give ``layer`` the students the checkpoint lists, shaped as stored (per-layer ranks and all)."""
     specs = info.get("specs") or {}
-    if layer.student_names == info["students"] and not specs:
-        return
+    if layer.student_names == info["students"] and all(
+            layer.students[n].spec() == specs.get(n, {}) for n in layer.student_names):
+        return  # conversion already built these shapes; the weights come from the file
     try:
         students = {n: STUDENTS[n].from_spec(layer.base, config, specs.get(n, {})) for n in info["students"]}
     except KeyError as e:

@@ -8,10 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once, at import: reading it means setting it, which must not race with other threads' writes.
+_UMASK = _read_umask()
 
 
 def temp_beside(path: Path, suffix: str = "") -> Path:
@@ -25,7 +29,7 @@ def temp_beside(path: Path, suffix: str = "") -> Path:
 def publish(tmp: Path, path: Path) -> None:
     """Rename ``tmp`` onto ``path``. mkstemp makes files private (0600); a result should be as
     readable as any file the user writes, so it gets the umask's default mode first."""
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, path)
 
 

@@ -40,6 +40,11 @@ def build_report(teacher_name: str, video: str, cmp: Comparison, macs: MacReport
     return report
 
 
+#: What a model whose delta frames all repeat their keyframe's output is, in words.
+REPEAT_NOTE = ("this model only repeats keyframes (a zero student cuts every path to the output), so its "
+               "accuracy is the repeat baseline's and its speed is that of skipping the frame.")
+
+
 def speed_words(speedup: float) -> str:
     """'1.40x faster', or '1.30x slower' for a speedup below one (never '0.77x faster')."""
     return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
@@ -62,9 +67,7 @@ def table(report: dict[str, Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     out = "\n".join(lines) + f"\n({report['frames']} frames of {Path(report['video']).name})"
     if report.get("detail", {}).get("delta_frames_repeating_keyframe", 0.0) == 1.0:
-        out += ("\nnote: every delta frame returned its keyframe's output, bit for bit: this model only repeats\n"
-                "keyframes (a zero student cuts every path to the output). Its accuracy is the repeat baseline's,\n"
-                "and its speed is that of skipping the frame.")
+        out += "\nnote: every delta frame returned its keyframe's output, bit for bit: " + REPEAT_NOTE
     return out
 
 

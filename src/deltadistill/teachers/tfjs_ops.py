@@ -41,11 +41,14 @@ def pad_same(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilati
     out = torch.empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last if cl else torch.contiguous_format)
     out[:, :, top:top + h, left:left + w] = x
-    for rows, cols in (((0, top), None), ((top + h, top + h + bottom), None),
-                       ((top, top + h), (0, left)), ((top, top + h), (left + w, left + w + right))):
-        if rows[1] > rows[0] and (cols is None or cols[1] > cols[0]):
-            strip = out[:, :, rows[0]:rows[1]] if cols is None else out[:, :, rows[0]:rows[1], cols[0]:cols[1]]
-            strip.fill_(value)
+    if top:
+        out[:, :, :top].fill_(value)
+    if bottom:
+        out[:, :, top + h:].fill_(value)
+    if left:
+        out[:, :, top:top + h, :left].fill_(value)
+    if right:
+        out[:, :, top:top + h, left + w:].fill_(value)
     return out
 
 
