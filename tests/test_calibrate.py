@@ -130,3 +130,94 @@ def test_calibrate_refuses_bad_input(tiny: nn.Module) -> None:
         dd.calibrate(model, [torch.randn(1, 3, 32, 32)], budget=0.3, progress=False)
     with pytest.raises(ValueError, match="budget too small"):
         dd.calibrate(model, _clips(), budget=0.01, students=("compressed", "full"), progress=False)
+
+
+class CancelledBranch(nn.Module):
+    """Two equally costly 1x1 convs side by side; the rest of the net cancels ``b``'s output entirely."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(8, 8, 1, bias=False)
+        self.b = nn.Conv2d(8, 8, 1, bias=False)
+        self.mix = nn.Conv2d(8, 8, 1, bias=False)
+        nn.init.zeros_(self.mix.weight)  # whatever b computes is multiplied by zero
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.a(x)) + self.mix(torch.relu(self.b(x)))
+
+
+def _small_clips(n: int = 4, channels: int = 8) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        x = torch.randn(1, channels, 10, 10, generator=g)
+        out.append(torch.cat([x, x + 0.3 * torch.randn(1, channels, 10, 10, generator=g),
+                              x + 0.3 * torch.randn(1, channels, 10, 10, generator=g)]))
+    return out
+
+
+def test_output_aware_allocation_gives_the_cancelled_layer_the_cheapest_student() -> None:
+    torch.manual_seed(0)
+    model = dd.convert(CancelledBranch(), dd.DeltaConfig(student="compressed", targets=["a", "b"]))
+    # mix stays dense (a third of the MACs); the budget pays for one of a and b in full, not both:
+    # b must take zero and a full, though both see the same deltas and keep the same local energy
+    result = dd.calibrate(model, _small_clips(), budget=0.7, students=("zero", "compressed", "full"), progress=False)
+    chosen = {c.name: c.student for c in result.layers}
+    assert chosen == {"a": "full", "b": "zero"}
+    assert result.predicted_recovered == pytest.approx(1.0, abs=1e-6)
+
+
+def test_output_sensitivity_predicts_each_layers_real_output_error(tiny: nn.Module) -> None:
+    """First order and unbiased: the estimate of ||J (W d - g(d))||^2 matches the error measured by
+    swapping in that one student, for zero, kernel-split and sparse students alike."""
+    from deltadistill.students import SparseStudent, ZeroStudent
+    from deltadistill.train.calibrate import delta_covariances
+    from deltadistill.train.sensitivity import output_sensitivity
+
+    teacher = trained_bn(tiny)
+    model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="full"))
+    clips = [torch.cat(make_video(frames=2, size=32, seed=s)) for s in range(4)]
+    covs = delta_covariances(model, clips, progress=False)
+    sens, change = output_sensitivity(model, clips, covs, probes=256, progress=False)
+    config = model.delta_report.config
+
+    def measured(name: str, student: nn.Module) -> float:
+        layer = dict(delta_layers(model))[name]
+        kept = dict(layer.students)
+        layer.set_students({"x": student})
+        total = 0.0
+        with torch.no_grad():
+            for clip in clips:
+                with dd.mode(model, "teacher"):
+                    ref = model(clip)
+                with dd.mode(model, "clip", clip_len=2):
+                    out = model(clip)
+                total += float(((out[1] - ref[1]) / (ref[1] - ref[0]).pow(2).mean().sqrt()).pow(2).sum())
+        layer.set_students(kept)
+        return total / len(clips)
+
+    checked = 0
+    for name, layer in delta_layers(model):
+        st = sens[name]
+        cases = [(st.mean(st.zero), ZeroStudent.from_teacher(layer.base, config)),
+                 (float(st.mean(st.sparse[8])), SparseStudent.from_teacher(layer.base, config,
+                                                                           threshold=float(st.thresholds[8])))]
+        for predicted, student in cases:
+            actual = measured(name, student)
+            if actual > 0.01 * change:  # too small an error is all noise in the estimate
+                assert predicted == pytest.approx(actual, rel=0.35), name
+                checked += 1
+    assert checked >= 8
+
+
+def test_distillation_raises_the_recovered_share() -> None:
+    from deltadistill.evaluate import recovered_share
+
+    torch.manual_seed(0)
+    teacher = trained_bn(dd.models.TinySegNet())
+    model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="compressed", reduction=4))
+    clips = [torch.cat(make_video(frames=3, size=32, seed=s)) for s in range(6)]
+    before = recovered_share(model, clips)
+    dd.distill(model, torch.stack(clips), steps=60, lr=3e-3, progress=False)
+    after = recovered_share(model, clips)
+    assert after > before + 0.1, (before, after)

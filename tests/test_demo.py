@@ -29,6 +29,7 @@ def demo_dir(tmp_path_factory) -> Path:
     r = cli("demo", "--quick", "--out", str(out))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "mAP50_vs_teacher" in r.stdout and "6/6 done" in r.stdout
+    (out / "stdout.txt").write_text(r.stdout)
     return out
 
 
@@ -41,6 +42,11 @@ def test_demo_quick_writes_a_valid_report(demo_dir: Path) -> None:
     assert report["mac_ratio"] == pytest.approx(g["teacher"] / g["delta"])
     assert report["speedup"] == pytest.approx(ms["teacher"] / ms["delta"])
     assert report["accuracy"]["metric"] == "mAP50_vs_teacher" and 0 <= report["accuracy"]["value"] <= 1
+    rival = report["accuracy"]["rival_equal_macs"]  # the rival at the model's own MACs, K_eq = its MAC ratio
+    assert rival["interval"] == pytest.approx(report["mac_ratio"])
+    assert 0 <= rival["value"] <= 1 and rival["beats"] == (report["accuracy"]["value"] >= rival["value"]
+                                                          + rival["margin_needed"] - 1e-12)
+    assert "rival at equal MACs" in (demo_dir / "stdout.txt").read_text()
     assert all(0 <= v <= 1 for v in report["temporal_consistency"].values())
     with av.open(str(demo_dir / "side_by_side.mp4")) as c:
         assert c.streams.video[0].frames == 24 and c.streams.video[0].width > 1000
@@ -87,3 +93,15 @@ def test_bench_without_a_model_needs_a_budget_and_calibration_frames(tmp_path: P
     assert r.returncode == 2 and "--model" in r.stderr and "--budget" in r.stderr and "Traceback" not in r.stderr
     r = cli("bench", "--teacher", "selfie", "--video", video, "--budget", "0.3")
     assert r.returncode == 2 and "--start" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_sparse_model_reports_measured_macs_and_the_rival_at_equal_macs(tmp_path: Path) -> None:
+    out = tmp_path / "sparse.json"
+    r = cli("bench", "--teacher", "selfie", "--video", str(default_videos()["carphone_pristine"]), "--sparse", "0.15",
+            "--start", "90", "--frames", "8", "--keyframe-interval", "4", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["macs_measured"] is True and 1 < report["mac_ratio"]
+    rival = report["accuracy"]["rival_equal_macs"]
+    assert rival["interval"] == pytest.approx(report["mac_ratio"]) and "rival at equal MACs" in r.stdout
+    assert -1 <= report["detail"]["output_change_recovered"] <= 1

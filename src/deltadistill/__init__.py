@@ -18,12 +18,12 @@ from .modes import mode, set_mode
 from .stream import DeltaStream, EveryK, KeyframePolicy
 from .students import STUDENTS, Student, register_student
 from .summary import summary
-from .train import CalibrationResult, DistillResult, calibrate, distill
+from .train import CalibrationResult, DistillResult, TuneResult, calibrate, distill, sparsify, tune_sparse
 
 __all__ = [
     "STUDENTS", "CalibrationResult", "CheckpointError", "ConversionReport", "DeltaConfig", "DeltaConv2d", "DeltaStream",
     "DeployedDeltaConv2d", "DistillResult", "EveryK", "KeyframePolicy", "MacReport", "Student", "UnsupportedLayerError",
-    "calibrate", "convert", "count_macs", "deploy", "distill", "load", "mode", "register_student", "save", "set_mode", "summary",
+    "calibrate", "convert", "count_macs", "deploy", "distill", "load", "mode", "register_student", "save", "set_mode", "sparsify", "summary", "tune_sparse", "TuneResult",
 ]
 __version__ = "0.1.0"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,11 @@ from .convert import convert
 from .deploy import deploy
 from .evaluate import Comparison, compare
 from .layer import DeltaConv2d
-from .macs import count_macs
+from .macs import count_macs, has_measured_macs, measured_delta_macs
 from .report import build_report
+from .rival import rival_equal_macs
 from .tasks import task_for
-from .train.calibrate import calibrate
+from .train.calibrate import calibrate, sparsify
 from .video import VideoWriter, iter_frames, side_by_side, video_info
 
 
@@ -50,6 +52,7 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
     info = video_info(video)
     stop = min(stop or info.frames, info.frames)
     macs = count_macs(model, (3, *size), keyframe_interval)
+    measured = has_measured_macs(model)
     tc_teacher, tc_delta = task.consistency(), task.consistency()
     writer = VideoWriter(out_video, fps=info.fps).__enter__() if out_video else None
     running = {"g": 0.0}
@@ -57,38 +60,45 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
     def on_frame(i: int, frame: np.ndarray, t_pred: Any, d_pred: Any, key: bool) -> None:
         tc_teacher.update(frame, t_pred)
         tc_delta.update(frame, d_pred)
-        running["g"] += (macs.keyframe if key else macs.delta) / 1e9
+        now = macs.keyframe if key else measured_delta_macs(model, macs) if measured else macs.delta
+        running["g"] += now / 1e9
         if writer is not None:
             writer.write(side_by_side(
                 task.draw(frame, t_pred), task.draw(frame, d_pred), f"teacher  frame {start + i}",
                 f"delta model  {'KEYFRAME' if key else 'delta frame'}",
                 f"{macs.teacher / 1e9:.2f} GMAC/frame",
-                f"{(macs.keyframe if key else macs.delta) / 1e9:.2f} GMAC now, {running['g'] / (i + 1):.2f} avg",
+                f"{now / 1e9:.2f} GMAC now, {running['g'] / (i + 1):.2f} avg",
                 right_is_key=key))
 
     try:
         cmp = compare(teacher, model, iter_frames(video, size, "letterbox", start, stop),
                       keyframe_interval=keyframe_interval, preprocess=teacher.preprocess,
                       postprocess=lambda out: task.single(teacher.postprocess(out)),
-                      on_frame=on_frame, total=stop - start, progress=progress, compile=compile)
+                      on_frame=on_frame, total=stop - start, progress=progress, compile=compile, macs=macs)
     except BaseException as e:
         if writer is not None:
             writer.__exit__(type(e), e, None)
         raise
     if writer is not None:
         writer.__exit__(None, None, None)
+    if cmp.delta_frame_macs:  # data-dependent students: count what the delta frames really cost
+        macs = replace(macs, delta=round(float(np.mean(cmp.delta_frame_macs))))
     accuracy = task.accuracy(cmp.delta_preds, cmp.teacher_preds)
     # The trivial rival: repeat the teacher's keyframe prediction on every delta frame, at no cost.
-    # A delta model is only worth its MACs where it beats this.
+    # A delta model is only worth its MACs where it beats this, at the same K and at the same MACs.
     held, last = [], None
     for pred, key in zip(cmp.teacher_preds, cmp.is_key, strict=True):
         last = pred if key else last
         held.append(last)
     accuracy["hold_keyframe_baseline"] = task.accuracy(held, cmp.teacher_preds)["value"]
+    accuracy["rival_equal_macs"] = rival_equal_macs(
+        cmp.teacher_preds, lambda preds: task.accuracy(preds, cmp.teacher_preds)["value"], macs.teacher,
+        macs.amortised, accuracy["value"])
     report = build_report(name or getattr(teacher, "name", type(teacher).__name__), str(video), cmp, macs,
                           accuracy, task.metric,
                           {"teacher": tc_teacher.compute(), "delta": tc_delta.compute()},
-                          {"frame_range": [start, stop], "threads": torch.get_num_threads(), "compiled": compile})
+                          {"frame_range": [start, stop], "threads": torch.get_num_threads(), "compiled": compile,
+                           "macs_measured": bool(cmp.delta_frame_macs)})
     return report, cmp
 
 
@@ -97,6 +107,13 @@ def calibrated_model(teacher: nn.Module, data: Any, budget: float, clips: int = 
     """A deployed delta model of ``teacher`` at ``budget``, from `calibrate` alone (no training)."""
     model = convert(copy.deepcopy(teacher), DeltaConfig(student="compressed"))
     calibrate(model, data, budget=budget, clips=clips, progress=progress)
+    return deploy(model)
+
+
+def sparse_model(teacher: nn.Module, data: Any, level: float, clips: int = 8) -> nn.Module:
+    """A deployed delta model of ``teacher`` with sparse students at ``level`` (`sparsify`, no training)."""
+    model = convert(copy.deepcopy(teacher), DeltaConfig(student="sparse"))
+    sparsify(model, data, level=level, clips=clips)
     return deploy(model)
 
 
@@ -122,7 +139,8 @@ def sweep(teacher: nn.Module, model: nn.Module | None, video: str | Path, interv
             hold[k] = report["accuracy"]["hold_keyframe_baseline"]
             points.append({"series": label, "keyframe_interval": k, "gmacs": report["gmacs_per_frame"]["delta"],
                            "accuracy": report["accuracy"]["value"], "speedup": report["speedup"],
-                           "hold_keyframe_baseline": hold[k]})
+                           "hold_keyframe_baseline": hold[k],
+                           "rival_equal_macs": report["accuracy"]["rival_equal_macs"]})
     _plot_sweep(points, hold, teacher_gmacs, metric, out_png)
     return points
 

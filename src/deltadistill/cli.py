@@ -120,6 +120,8 @@ def bench(
                                          "without it, --budget calibrates one (no training)"),
     budget: Optional[float] = typer.Option(None, help="with no --model: calibrate a model whose delta frame "
                                            "costs this fraction of the teacher's MACs"),
+    sparse: Optional[float] = typer.Option(None, help="with no --model: sparse students in every layer at this "
+                                           "threshold (x each layer's mean |input|; dd.sparsify), e.g. 0.02"),
     keyframe_interval: int = typer.Option(8, min=1),
     start: int = typer.Option(0, min=0, help="first frame"),
     frames: int = typer.Option(0, min=0, help="number of frames (0: to the end)"),
@@ -134,7 +136,7 @@ def bench(
     compile: bool = typer.Option(False, "--compile", help="torch.compile both models (timed after compiling)"),
 ) -> None:
     """Teacher vs delta model on the same frames, in one process: MACs, ms, speedup, accuracy, consistency."""
-    from deltadistill.bench import calibrated_model, evaluate_on_video, load_delta_model
+    from deltadistill.bench import calibrated_model, evaluate_on_video, load_delta_model, sparse_model
     from deltadistill.report import table, write_json
     from deltadistill.teacher_resolve import resolve_teacher
 
@@ -142,17 +144,25 @@ def bench(
         if json_out is not None and json_out.exists() and json_out.is_dir():
             raise ValueError(f"--json {json_out} is a directory")
         sweep_budgets = _floats(budgets, "--budgets")
-        if (model is None) == (budget is None):
-            raise ValueError("give either --model (a trained delta model) or --budget (calibrate one now)")
+        if sum(x is not None for x in (model, budget, sparse)) != 1:
+            raise ValueError("give one of --model (a trained delta model), --budget (calibrate one now) or "
+                             "--sparse (sparse students at one threshold)")
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         t = resolve_teacher(teacher)
         calib = None
-        if (budget is not None and model is None) or sweep_budgets:
+        if model is None or sweep_budgets:
             calib = _calibration_clips(t, video, start, calib_videos, keyframe_interval)
-        m = load_delta_model(t, model) if model is not None else calibrated_model(t, calib, budget)
+        if model is not None:
+            m = load_delta_model(t, model)
+        elif sparse is not None:
+            m = sparse_model(t, calib, sparse)
+        else:
+            m = calibrated_model(t, calib, budget)
+        label = ("model" if model is not None else f"sparse, threshold {sparse:g}" if sparse is not None
+                 else f"calibrated, budget {budget:g}")
         stop = start + frames if frames else None
         report, _ = evaluate_on_video(t, m, video, keyframe_interval=keyframe_interval, start=start, stop=stop,
                                       out_video=render, name=teacher, compile=compile)
@@ -162,7 +172,7 @@ def bench(
             png = (json_out or Path("bench.json")).with_suffix(".pareto.png")
             report["sweep"] = run_sweep(t, m, video, [int(k) for k in intervals.split(",")], png, start, stop,
                                         budgets=sweep_budgets, calib_data=calib,
-                                        model_label="model" if model is not None else f"calibrated, budget {budget:g}")
+                                        model_label=label)
             typer.echo(f"Pareto plot: {png}")
     except _user_errors() as e:
         _fail(e)
@@ -178,11 +188,12 @@ def _calibration_clips(teacher, video: Path, start: int, videos: Optional[list[P
     from deltadistill.video import VideoClips, video_info
 
     size, value_range = tuple(getattr(teacher, "input_size", (256, 256))), getattr(teacher, "input_range", 1.0)
+    # letterboxed like the frames the benchmark scores: a sparse student's cost depends on what it sees
     if videos:
-        return VideoClips(videos, clip_len=3, max_interval=k, size=size, value_range=value_range)
+        return VideoClips(videos, clip_len=3, max_interval=k, size=size, value_range=value_range, fit="letterbox")
     n = video_info(video).frames
     if start < 12:
         raise ValueError("calibration needs frames the benchmark does not score: give --start (at least 12) "
                          "so that frames before it calibrate, or --calib-videos")
     return VideoClips([video], clip_len=3, max_interval=k, size=size, frame_range=(0.0, start / n),
-                      value_range=value_range)
+                      value_range=value_range, fit="letterbox")

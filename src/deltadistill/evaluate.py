@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .macs import MacReport, has_measured_macs, measured_delta_macs
 from .stream import DeltaStream, EveryK
 
 
@@ -35,6 +36,18 @@ class Comparison:
     warmup: int = 0
     #: per delta frame: did the delta model return its keyframe's raw output again, bit for bit?
     repeated_key: list[bool] = field(default_factory=list)
+    #: per delta frame, its measured MACs (only for models with data-dependent students)
+    delta_frame_macs: list[int] = field(default_factory=list)
+    #: over delta frames, on the first raw output map: sum ||delta model - teacher||^2, and the same for
+    #: the teacher's keyframe output repeated (the rival at the same K)
+    change_error: float = 0.0
+    change_energy: float = 0.0
+
+    @property
+    def recovered(self) -> float | None:
+        """Share of the output's change since the keyframe that delta frames recover:
+        ``1 - ||y_delta - y_teacher||^2 / ||y_key - y_teacher||^2``; 0 is repeating the keyframe, 1 the teacher."""
+        return 1.0 - self.change_error / self.change_energy if self.change_energy > 0 else None
 
     @property
     def repeat_share(self) -> float:
@@ -87,14 +100,17 @@ def compare(
     total: int | None = None,
     progress: bool = True,
     compile: bool = False,
+    macs: MacReport | None = None,
 ) -> Comparison:
     """Teacher (a plain model) and delta model (converted or deployed) on the same frames.
 
     ``frames`` yields uint8 RGB (H, W, 3) arrays at the model's input size; ``on_frame`` sees
     ``(index, frame, teacher_pred, delta_pred, is_key)`` for rendering or streaming metrics.
     ``compile`` runs both models through ``torch.compile``; the warm-up, then two keyframe cycles
-    long, absorbs the compile time and is not timed.
+    long, absorbs the compile time and is not timed. With ``macs`` (the model's `count_macs`) and a
+    model whose students' cost depends on the data, each delta frame's MACs are measured too.
     """
+    measure = macs is not None and has_measured_macs(model)
     teacher, model = channels_last(teacher.eval()), channels_last(model.eval())
     stream = DeltaStream(model, EveryK(keyframe_interval), compile=compile)
     if compile:  # both or neither: the ratio must compare like with like
@@ -110,9 +126,14 @@ def compare(
         t2 = time.perf_counter()
         key = bool(stream.last_key)
         if key:
-            key_out = d_out
+            key_out, teacher_key_map = d_out, _first_map(t_out).clone()
         else:
+            t_map = _first_map(t_out)
+            result.change_error += float((_first_map(d_out) - t_map).double().pow(2).sum())
+            result.change_energy += float((teacher_key_map - t_map).double().pow(2).sum())
             result.repeated_key.append(_same(d_out, key_out))
+            if measure:
+                result.delta_frame_macs.append(measured_delta_macs(model, macs))
         t_pred, d_pred = postprocess(t_out), postprocess(d_out)
         result.ms_teacher.append((t1 - t0) * 1e3)
         result.ms_delta.append((t2 - t1) * 1e3)
@@ -126,6 +147,13 @@ def compare(
     return result
 
 
+def _first_map(out: Any) -> torch.Tensor:
+    """The first tensor of a model's raw output (the heatmap of a detector, the mask of a segmenter)."""
+    while not isinstance(out, torch.Tensor):
+        out = next(iter(out.values())) if isinstance(out, dict) else out[0]
+    return out
+
+
 def _same(a: Any, b: Any) -> bool:
     """Bitwise equality of two model outputs (tensors, or tuples/lists/dicts of them)."""
     if isinstance(a, torch.Tensor):
@@ -136,3 +164,29 @@ def _same(a: Any, b: Any) -> bool:
         return isinstance(b, (tuple, list)) and len(a) == len(b) and all(map(_same, a, b))
     return a == b
 
+
+
+@torch.no_grad()
+def recovered_share(model: nn.Module, clips: Iterable[torch.Tensor]) -> float:
+    """How much of the output's change since the keyframe a converted model's delta frames recover.
+
+    Each clip (T, C, H, W) streams with its first frame as the keyframe; on the rest,
+    ``1 - sum ||y_delta - y_teacher||^2 / sum ||y_key - y_teacher||^2`` over the first output map:
+    0 is no better than repeating the keyframe (the free rival), 1 is the teacher, below 0 is worse.
+    """
+    from .modes import mode
+
+    err = energy = 0.0
+    for clip in clips:
+        clip = clip[0] if isinstance(clip, (tuple, list)) else clip
+        with mode(model, "teacher"):
+            want = [_first_map(model(f[None])).clone() for f in clip]
+        stream = DeltaStream(model, EveryK(clip.shape[0]))
+        for t, f in enumerate(clip):
+            got = _first_map(stream(f[None]))
+            if t:
+                err += float((got - want[t]).double().pow(2).sum())
+                energy += float((want[0] - want[t]).double().pow(2).sum())
+    if energy == 0:
+        raise ValueError("the clips do not change the output: nothing to recover")
+    return 1.0 - err / energy

@@ -233,6 +233,8 @@ class DeployedDeltaConv2d(DeltaLayer):
             return self.base(x)
         if self.mode != "stream":
             raise ValueError(f"a deployed layer runs in 'teacher' or 'stream' mode, not {self.mode!r}")
+        if not self.student.linear:
+            return self._stream_nonlinear(x)
         cache = self._cache()
         key_idx, delta_idx = self._key_split(x)
         if key_idx is None and delta_idx is None:
@@ -256,4 +258,27 @@ class DeployedDeltaConv2d(DeltaLayer):
         z[key_idx] = zk
         c[key_idx] = zk if self.student.is_zero else zk - self.student(x[key_idx])
         z[delta_idx] = c[delta_idx] if self.student.is_zero else self.student(x[delta_idx]) + c[delta_idx]
+        return z
+
+    def _stream_nonlinear(self, x: Tensor) -> Tensor:
+        """A student whose ``g(x_t) - g(x_k) != g(x_t - x_k)``: keep ``x_k`` and ``z_k``, add ``g(x_t - x_k)``."""
+        cache = self._cache()
+        key_idx, delta_idx = self._key_split(x)
+        if key_idx is None and delta_idx is None:
+            z = self.base(x)
+            cache["x"], cache["z"] = x.clone(), z.clone()  # later in-place ops must not touch the cache
+            return z
+        if "x" not in cache:
+            raise RuntimeError("delta frame before any keyframe: the first frame of a stream must be a keyframe")
+        if cache["x"].shape != x.shape:
+            raise ValueError(f"frame shape changed mid-stream: keyframe features {tuple(cache['x'].shape)}, "
+                             f"now {tuple(x.shape)}; call reset() before changing resolution or batch")
+        if key_idx is None:
+            return self.student(x - cache["x"]).add_(cache["z"])
+        z = torch.empty_like(cache["z"])
+        zk = self.base(x[key_idx])
+        z[key_idx] = zk
+        cache["x"][key_idx] = x[key_idx]
+        cache["z"][key_idx] = zk
+        z[delta_idx] = cache["z"][delta_idx] + self.student(x[delta_idx] - cache["x"][delta_idx])
         return z

@@ -6,7 +6,9 @@ one MAC per multiply-add, for one image. The unconverted part of the network is 
 costs are computed analytically from their geometry. What is left out: elementwise work (the add
 ``z_k + g(.)``, the subtraction ``x_t - x_k``, BN, activations, resizes, pooling) and bias adds.
 
-A deployed keyframe also runs each student once, to store ``c = z_k - g(x_k)``; that is counted.
+A deployed keyframe also runs each linear student once, to store ``c = z_k - g(x_k)``; that is
+counted. A data-dependent student (`SparseStudent`) is counted at its calibrated expectation here;
+`measured_delta_macs` gives what the last delta frame really cost, which reports use instead.
 """
 
 from __future__ import annotations
@@ -66,6 +68,29 @@ class MacReport:
         return "\n".join(lines)
 
 
+def has_measured_macs(model: nn.Module) -> bool:
+    """True when some delta layer's student costs what its data makes it cost (MACs must be measured)."""
+    return any(getattr(s, "data_dependent", False) for _, layer in delta_layers(model) for s in _students(layer))
+
+
+def measured_delta_macs(model: nn.Module, report: MacReport) -> int:
+    """MACs of the delta frame ``model`` just ran: ``report.delta`` with each data-dependent student's
+    nominal cost replaced by what its last call measured (per image)."""
+    total = report.delta
+    for (_, layer), row in zip(delta_layers(model), report.layers, strict=True):
+        student = layer.student if isinstance(layer, DeployedDeltaConv2d) else layer.students[row.student]
+        measured = student.measured_macs()
+        if measured is not None:
+            total += measured - row.delta
+    return total
+
+
+def _students(layer: DeltaLayer) -> list[nn.Module]:
+    if isinstance(layer, DeployedDeltaConv2d):
+        return [layer.student]
+    return list(getattr(layer, "students", {}).values())
+
+
 def flop_counter_macs(model: nn.Module, x: torch.Tensor) -> int:
     """MACs of one forward as FlopCounterMode sees it (its FLOPs / 2)."""
     with FlopCounterMode(display=False) as counter:
@@ -106,7 +131,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], keyframe_interval
     rows, key_extra = [], 0
     for name, layer in layers:
         rows.append(_layer_row(name, layer))
-        if isinstance(layer, DeployedDeltaConv2d):
+        if isinstance(layer, DeployedDeltaConv2d) and layer.student.linear:  # c = z_k - g(x_k)
             key_extra += rows[-1].delta
     delta = teacher - sum(r.teacher for r in rows) + sum(r.delta for r in rows)
     return MacReport(teacher, teacher + key_extra, delta, keyframe_interval, rows)

@@ -4,8 +4,13 @@ A student is one small class registered by name. Everything else (conversion, th
 the MAC counter, deploy, save/load) works through the `Student` interface, so a new kind of
 student needs no change anywhere else.
 
-Every student must be *linear* and bias-free: ``g(a) - g(b) == g(a - b)``. Deploy relies on it to
-keep only ``c = z_k - g(x_k)`` at a keyframe and compute ``z_t = c + g(x_t)`` afterwards.
+Every student is bias-free. A *linear* one (``g(a) - g(b) == g(a - b)``, the default) lets deploy
+keep only ``c = z_k - g(x_k)`` at a keyframe and compute ``z_t = c + g(x_t)`` afterwards; a student
+that sets ``linear = False`` (e.g. `SparseStudent`, whose mask depends on the delta) is deployed
+with the keyframe's input and output kept instead: ``z_t = z_k + g(x_t - x_k)``.
+
+A student whose cost depends on the data (``data_dependent = True``) reports the MACs of its last
+call through `Student.measured_macs`; reports then count measured MACs, not a nominal figure.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import copy
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .geometry import ConvGeometry, explicit_pad
@@ -39,6 +45,10 @@ class Student(nn.Module):
     name: ClassVar[str]
     #: True for a student whose output is always zero (the layer then skips calling it).
     is_zero: ClassVar[bool] = False
+    #: False for a student with ``g(a) - g(b) != g(a - b)``: deploy then keeps ``x_k`` and ``z_k``.
+    linear: ClassVar[bool] = True
+    #: True for a student whose MACs depend on the delta it sees (see `measured_macs`).
+    data_dependent: ClassVar[bool] = False
 
     @classmethod
     def unsupported_reason(cls, conv: nn.Conv2d, config: DeltaConfig) -> str | None:
@@ -62,8 +72,13 @@ class Student(nn.Module):
         raise NotImplementedError
 
     def macs(self, in_hw: tuple[int, int]) -> int:
-        """Exact multiply-accumulates for one image of spatial size ``in_hw``."""
+        """Multiply-accumulates for one image of spatial size ``in_hw``: exact for a static student,
+        the calibrated expectation for a data-dependent one."""
         raise NotImplementedError
+
+    def measured_macs(self) -> int | None:
+        """MACs of the last forward, per image, for a data-dependent student; None otherwise."""
+        return self.__dict__.get("last_macs") if self.data_dependent else None
 
     @torch.no_grad()
     def scale_output_(self, scale: Tensor) -> None:
@@ -283,3 +298,91 @@ class PooledStudent(Student):
 
     def macs(self, in_hw: tuple[int, int]) -> int:
         return self.geo.macs(((in_hw[0] + 1) // 2, (in_hw[1] + 1) // 2))
+
+
+def pixel_scores(delta: Tensor, weights: Tensor | None = None) -> Tensor:
+    """How much each pixel moved: mean ``|delta|`` over channels, (B, 1, H, W).
+
+    With ``weights`` (Cin,), summing to 1, a weighted mean instead: weighting each channel by the
+    norm of the teacher weights it feeds makes the score track how much the pixel moves the output.
+    """
+    if weights is None:
+        return delta.abs().mean(1, keepdim=True)
+    return torch.einsum("bchw,c->bhw", delta.abs(), weights.to(delta.dtype)).unsqueeze(1)
+
+
+def channel_weights(conv: nn.Conv2d) -> Tensor:
+    """Per input channel, the norm of the teacher weights it feeds, normalised to sum to 1."""
+    w = conv.weight.detach()
+    cout, cin_g = w.shape[:2]
+    groups = conv.groups
+    norms = w.reshape(groups, cout // groups, cin_g, -1).pow(2).sum((1, 3)).sqrt().reshape(-1)  # (Cin,)
+    return norms / norms.sum().clamp_min(1e-12)
+
+
+def computed_share(mask: Tensor, geo: ConvGeometry) -> Tensor:
+    """Per image, the share of output pixels whose receptive field holds a pixel of ``mask`` (B, 1, H, W).
+
+    Those are the outputs a sparse conv must compute; the rest keep the keyframe's value.
+    """
+    (kh, kw), (sh, sw) = geo.kernel, geo.stride
+    m = mask.to(torch.float32)
+    if (kh, kw, sh, sw) != (1, 1, 1, 1):
+        t, b, left, r = geo.pad
+        m = F.max_pool2d(F.pad(m, (left, r, t, b)), (kh, kw), (sh, sw), dilation=geo.dilation)
+    return m.mean((1, 2, 3))
+
+
+@register_student
+class SparseStudent(Student):
+    """The teacher's own weights applied only where the input moved: pixels whose mean ``|delta|``
+    over channels exceeds ``threshold``; every other pixel's delta counts as zero.
+
+    Why: low-rank students lose a share of *every* pixel's delta, and across tens of layers those
+    losses multiply (BENCHMARKS.md note 8). This one is exact where it computes and drops only small
+    changes, so its error does not compound the same way (DeltaCNN and Skip-Convolutions rest on the
+    same idea; ResQ on the related one of quantised residuals). Its cost is the share of output
+    pixels whose receptive field saw a moving pixel, times the dense MACs: measured on every call
+    (`measured_macs`); ``density`` holds the share that calibration expected, for `macs`.
+
+    Not linear (the mask depends on the delta), so deploy keeps ``x_k`` and ``z_k`` for it. A
+    threshold of 0 is the `full` student, exactly, wherever any channel moved.
+    """
+
+    name = "sparse"
+    linear = False
+    data_dependent = True
+
+    def __init__(self, conv: nn.Conv2d, threshold: float = 0.0, density: float = 1.0, weighted: bool = False) -> None:
+        super().__init__()
+        self.conv = conv
+        self.geo = ConvGeometry.of(conv)
+        self.weighted = weighted
+        self.register_buffer("threshold", torch.tensor(float(threshold)))
+        self.register_buffer("density", torch.tensor(float(density), dtype=torch.float64))
+        self.register_buffer("weights", channel_weights(conv) if weighted else torch.empty(0))
+
+    @classmethod
+    def from_teacher(cls, conv: nn.Conv2d, config: DeltaConfig, threshold: float = 0.0,
+                     density: float = 1.0, weighted: bool = False) -> SparseStudent:
+        return cls(FullStudent.from_teacher(conv, config).conv, threshold, density, weighted)
+
+    @classmethod
+    def from_spec(cls, conv: nn.Conv2d, config: DeltaConfig, spec: dict[str, Any]) -> SparseStudent:
+        return cls.from_teacher(conv, config, weighted=bool(spec.get("weighted", False)))
+
+    def spec(self) -> dict[str, Any]:
+        return {"weighted": True} if self.weighted else {}
+
+    def score(self, delta: Tensor) -> Tensor:
+        """Per pixel, what the threshold is compared with (see `pixel_scores`)."""
+        return pixel_scores(delta, self.weights if self.weighted else None)
+
+    def forward(self, delta: Tensor) -> Tensor:
+        mask = self.score(delta) > self.threshold
+        share = computed_share(mask, self.geo)
+        self.__dict__["last_macs"] = round(float(share.mean()) * self.geo.macs((delta.shape[-2], delta.shape[-1])))
+        return self.conv(delta * mask.to(delta.dtype))
+
+    def macs(self, in_hw: tuple[int, int]) -> int:
+        return round(float(self.density) * self.geo.macs(in_hw))

@@ -11,6 +11,13 @@ input deltas fixes both halves of the problem at once:
   budget where it keeps the most delta energy per MAC: ``zero`` where deltas do not matter, a
   rank of 1 to full where they do, the teacher's own weights (``full``) where a split is no cheaper.
 
+With ``objective="output"`` (the default) each option is priced instead by its error at the
+model's *output* (`sensitivity.output_sensitivity`): a layer whose errors the rest of the network
+amplifies gets a costly, exact student, one whose errors vanish gets ``zero``, and the ``sparse``
+student (the teacher's weights on the pixels that moved) is priced at every threshold. The local
+objective (``"local"``, the share of each layer's own delta energy) stays available; issue 9 showed
+that it can pick a mix that recovers nothing at the output.
+
 The result is a hard choice per layer (no gate left to train), ready for `distill` to fine-tune.
 """
 
@@ -31,9 +38,20 @@ from ..geometry import ConvGeometry, explicit_pad
 from ..layer import DeltaConv2d
 from ..macs import count_macs
 from ..modes import delta_layers, mode
-from ..students import STUDENTS, CompressedStudent, split_spectrum
+from ..students import (
+    STUDENTS,
+    CompressedStudent,
+    SparseStudent,
+    channel_weights,
+    pixel_scores,
+    split_spectrum,
+)
+from .sensitivity import LayerSensitivity, output_sensitivity
 
-CALIBRATION_STUDENTS = ("zero", "compressed", "full")
+CALIBRATION_STUDENTS = ("zero", "compressed", "sparse", "full")
+LOCAL_STUDENTS = ("zero", "compressed", "full")
+OBJECTIVES = ("output", "local")
+Option = tuple[int, float, str, Any]  # (MACs, error, student, rank or (threshold, density))
 KEEP_FLOOR = 1e-3
 
 
@@ -47,6 +65,7 @@ class LayerChoice:
     macs: int
     teacher_macs: int
     kept: float
+    threshold: float | None = None
 
 
 @dataclass
@@ -57,6 +76,10 @@ class CalibrationResult:
     cost: float
     clips: int
     layers: list[LayerChoice] = field(default_factory=list)
+    objective: str = "output"
+    #: with objective "output": 1 - predicted output error / the output's change (first order, summed
+    #: over layers as if their errors were independent); what `recovered_share` should then measure
+    predicted_recovered: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +136,28 @@ def delta_covariances(model: nn.Module, clips: Sequence[Tensor], progress: bool 
         for h in handles:
             h.remove()
     return {n: sums[n] / max(counts[n], 1) for n, _ in layers}
+
+
+def _output_options(layer: DeltaConv2d, st: LayerSensitivity, allowed: Sequence[str]) -> list[Option]:
+    """(MACs, output error per sample, student, param) for every student this layer could take."""
+    geo, hw = ConvGeometry.of(layer.base), layer._hw()
+    teacher = geo.macs(hw)
+    opts: list[Option] = []
+    if "zero" in allowed:
+        opts.append((0, st.mean(st.zero), "zero", None))
+    if "full" in allowed:
+        opts.append((teacher, 0.0, "full", None))
+    if "compressed" in allowed and st.ranks is not None:
+        for r, err in enumerate(st.mean(st.ranks).tolist(), start=1):
+            macs = CompressedStudent(geo, r).macs(hw)
+            if macs >= teacher and "full" in allowed:
+                break
+            opts.append((macs, err, "compressed", r))
+    if "sparse" in allowed and st.thresholds is not None:
+        density = st.density / max(st.density_samples, 1)
+        for tau, err, share in zip(st.thresholds.tolist(), st.mean(st.sparse).tolist(), density.tolist(), strict=True):
+            opts.append((round(share * teacher), err, "sparse", (tau, share)))
+    return opts
 
 
 def _options(layer: DeltaConv2d, cov: Tensor, allowed: Sequence[str]) -> list[tuple[int, float, str, int | None]]:
@@ -185,20 +230,30 @@ def allocate(hulls: dict[str, list[tuple[int, float, str, int | None]]], budget_
 
 
 def calibrate(model: nn.Module, data: Any, *, budget: float, clips: int = 16,
-              students: Sequence[str] = CALIBRATION_STUDENTS, progress: bool = True) -> CalibrationResult:
+              students: Sequence[str] | None = None, objective: str = "output", probes: int = 2,
+              progress: bool = True) -> CalibrationResult:
     """Give each delta layer of a converted ``model`` one student, chosen from real video deltas.
 
     ``data``: clips (T >= 2, C, H, W) with the keyframe first, e.g. `deltadistill.video.VideoClips`
     (items may be ``(clip, labels)`` pairs); the first ``clips`` are used. ``budget``: a delta
-    frame's MACs as a fraction of the teacher's, layers that stay dense included. ``students``:
-    which of ``zero``, ``compressed`` (any rank) and ``full`` a layer may take. In place; each layer
-    keeps exactly its chosen student, initialised by the whitened SVD of its teacher weights.
+    frame's MACs as a fraction of the teacher's, layers that stay dense included (a ``sparse``
+    student counts at the share of pixels it computed on the calibration clips). ``students``:
+    which of ``zero``, ``compressed`` (any rank), ``sparse`` (any threshold; output objective only)
+    and ``full`` a layer may take; by default all those the objective can price. ``objective``:
+    ``"output"`` prices each option by its error at the model's output (``probes`` random
+    projections per frame), ``"local"`` by the share of the layer's own delta energy it loses. In
+    place; each layer keeps exactly its chosen student (a kernel split initialised by the SVD
+    whitened by the real deltas).
     """
     if not 0 < budget <= 1:
         raise ValueError(f"budget is a fraction of the teacher's MACs in (0, 1], got {budget}")
-    unknown = set(students) - set(CALIBRATION_STUDENTS)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    allowed = CALIBRATION_STUDENTS if objective == "output" else LOCAL_STUDENTS
+    students = tuple(students) if students is not None else allowed
+    unknown = set(students) - set(allowed)
     if unknown or not students:
-        raise ValueError(f"calibrate chooses among {CALIBRATION_STUDENTS}, got {list(students)}")
+        raise ValueError(f"calibrate with objective {objective!r} chooses among {allowed}, got {list(students)}")
     items = [data[i] for i in range(min(clips, len(data)))]
     items = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
     if not items:
@@ -208,20 +263,82 @@ def calibrate(model: nn.Module, data: Any, *, budget: float, clips: int = 16,
     report = count_macs(model, tuple(items[0].shape[1:]))
     fixed = report.teacher - sum(r.teacher for r in report.layers if r.name in layers)
     fixed += sum(r.delta for r in report.layers if r.name not in layers)
-    hulls = {n: _hull(_options(m, covs[n], students)) for n, m in layers.items()}
+    if objective == "output":
+        sens, change = output_sensitivity(model, items, covs, probes=probes, with_compressed="compressed" in students,
+                                          with_sparse="sparse" in students, progress=progress)
+        hulls = {n: _hull(_output_options(m, sens[n], students)) for n, m in layers.items()}
+    else:
+        hulls = {n: _hull(_options(m, covs[n], students)) for n, m in layers.items()}
     pick = allocate(hulls, budget * report.teacher - fixed)
     config = model.delta_report.config
-    result = CalibrationResult(budget=budget, cost=0.0, clips=len(items))
-    total = fixed
+    result = CalibrationResult(budget=budget, cost=0.0, clips=len(items), objective=objective)
+    total, lost = fixed, 0.0
     for n, m in layers.items():
-        macs, err, kind, rank = hulls[n][pick[n]]
+        macs, err, kind, param = hulls[n][pick[n]]
+        rank, threshold = (param, None) if kind == "compressed" else (None, None)
         if kind == "compressed":
             student = CompressedStudent.from_teacher(m.base, config, rank=rank, cov=covs[n])
+        elif kind == "sparse":
+            threshold, share = param
+            student = SparseStudent.from_teacher(m.base, config, threshold=threshold, density=share)
         else:
             student = STUDENTS[kind].from_teacher(m.base, config)
         m.set_students({kind: student.to(m.base.weight.device)})
         total += macs
-        kept = 0.0 if kind == "zero" and err > 0 else math.exp(-err)
-        result.layers.append(LayerChoice(n, kind, rank, macs, m.teacher_macs(), kept))
+        if objective == "output":
+            zero_err = sens[n].mean(sens[n].zero)
+            kept = 1.0 - err / zero_err if zero_err > 0 else 1.0
+            lost += err
+        else:
+            kept = 0.0 if kind == "zero" and err > 0 else math.exp(-err)
+        result.layers.append(LayerChoice(n, kind, rank, macs, m.teacher_macs(), kept, threshold))
     result.cost = total / report.teacher
+    if objective == "output":
+        result.predicted_recovered = 1.0 - lost / change if change > 0 else 1.0
+    return result
+
+
+@torch.no_grad()
+def sparsify(model: nn.Module, data: Any, *, level: float = 0.02, clips: int = 8,
+             weighted: bool = False) -> CalibrationResult:
+    """Give every delta layer a `SparseStudent` whose threshold is ``level`` times the layer's mean
+    ``|input|`` on the keyframes of ``clips`` clips of ``data``: one knob, no search.
+
+    Measured on centernet (BENCHMARKS.md, "uniform sparse"): at 0.02 its delta frames recover 96-99%
+    of the heatmap's change and beat repeating keyframes at equal MACs, at about 1.4x fewer MACs.
+    ``weighted``: score pixels by a mean over channels weighted by the teacher weights each feeds
+    (`students.pixel_scores`), and scale thresholds by the same weighted mean.
+    """
+    if level < 0:
+        raise ValueError(f"level is a share of each layer's mean |input|, >= 0; got {level}")
+    items = [data[i] for i in range(min(clips, len(data)))]
+    items = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
+    if not items:
+        raise ValueError("no calibration clips")
+    layers = dict((n, m) for n, m in delta_layers(model) if isinstance(m, DeltaConv2d))
+    if not layers:
+        raise ValueError("model has no trainable delta layers: convert it with deltadistill.convert first")
+    scale = dict.fromkeys(layers, 0.0)
+    weights = {n: channel_weights(m.base) if weighted else None for n, m in layers.items()}
+
+    def hook(name: str):
+        def fn(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
+            scale[name] += float(pixel_scores(args[0], weights[name]).mean())
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    try:
+        with mode(model, "teacher"):
+            for clip in items:
+                model(clip[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    config = model.delta_report.config
+    result = CalibrationResult(budget=float("nan"), cost=float("nan"), clips=len(items), objective="uniform")
+    for n, m in layers.items():
+        tau = level * scale[n] / len(items)
+        student = SparseStudent.from_teacher(m.base, config, threshold=tau, weighted=weighted)
+        m.set_students({"sparse": student.to(m.base.weight.device)})
+        result.layers.append(LayerChoice(n, "sparse", None, m.teacher_macs(), m.teacher_macs(), 1.0, tau))
     return result

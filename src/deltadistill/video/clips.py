@@ -26,16 +26,23 @@ class VideoClips(Dataset):
 
     videos: paths; frame_range: (start, stop) fractions of each video to draw from, e.g. (0, 0.7)
     for training and (0.7, 1) for evaluation. size: output (H, W); frames are resized so the short
-    side covers ``size`` (times ``scale_jitter``) and randomly cropped, identically across a clip.
+    side covers ``size`` (times ``scale_jitter``) and randomly cropped, identically across a clip;
+    with ``fit="letterbox"`` they are letterboxed whole instead, as `iter_frames` gives them to a
+    deployed model (what calibration should see: a sparse student's cost depends on it).
     """
 
     def __init__(self, videos: Sequence[str | Path], clip_len: int = 3, max_interval: int = 8,
                  size: tuple[int, int] = (256, 256), frame_range: tuple[float, float] = (0.0, 1.0),
-                 length: int = 10_000, seed: int = 0, scale_jitter: float = 1.25, value_range: float = 1.0) -> None:
+                 length: int = 10_000, seed: int = 0, scale_jitter: float = 1.25, value_range: float = 1.0,
+                 fit: str = "crop") -> None:
         if clip_len < 1 or max_interval < 1:
             raise ValueError("clip_len and max_interval must be >= 1")
         if not videos:
             raise VideoError("no videos given")
+        if fit not in ("crop", "letterbox"):
+            raise ValueError(f"fit must be 'crop' (random crops, for training) or 'letterbox' (frames as "
+                             f"deployment sees them, for calibration), got {fit!r}")
+        self.fit = fit
         self.paths = [Path(v) for v in videos]
         self.infos = [video_info(p) for p in self.paths]  # validates every file up front
         self.clip_len, self.max_interval, self.size = clip_len, max_interval, tuple(size)
@@ -90,6 +97,8 @@ class VideoClips(Dataset):
         return [out[f] for f in frames]
 
     def crop(self, frames: list[np.ndarray], jitter: tuple[float, float, float]) -> np.ndarray:
+        if self.fit == "letterbox":
+            return np.stack([fit_frame(f, self.size, "letterbox")[0] for f in frames])
         scale, fy, fx = jitter
         th, tw = self.size
         h, w = frames[0].shape[:2]

@@ -1,0 +1,44 @@
+"""The rival at equal MACs: repeating keyframes at the delta model's own cost, checked by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from deltadistill.rival import equal_mac_interval, margin_needed, repeat_keyframes, rival_at, rival_equal_macs
+
+
+def test_repeat_keyframes_holds_every_kth_prediction() -> None:
+    assert repeat_keyframes(list("abcdefg"), 3) == list("aaadddg")
+    assert repeat_keyframes([1, 2, 3], 1) == [1, 2, 3]
+    with pytest.raises(ValueError):
+        repeat_keyframes([1], 0)
+
+
+def test_rival_is_interpolated_linearly_in_amortised_macs() -> None:
+    scores = {1: 1.0, 2: 0.9, 3: 0.8}
+    # K = 2.5: 1/K = 0.4 lies 60% of the way from 1/2 to 1/3, so 0.4 * 0.9 + 0.6 * 0.8
+    assert rival_at(2.5, scores.__getitem__) == pytest.approx(0.84)
+    assert rival_at(2.0, scores.__getitem__) == pytest.approx(0.9)
+    assert rival_at(0.7, scores.__getitem__) == 1.0  # costlier than the teacher: the teacher itself
+    assert equal_mac_interval(10.0, 4.0) == 2.5
+
+
+def test_margin_is_half_the_gap_or_two_points() -> None:
+    assert margin_needed(0.97) == pytest.approx(0.015)
+    assert margin_needed(0.90) == pytest.approx(0.02)
+
+
+def test_rival_equal_macs_on_a_hand_computed_case() -> None:
+    # 8 frames; the teacher's "prediction" is the frame index and the score is the share of exact hits.
+    teacher = list(range(8))
+
+    def score(preds: list[int]) -> float:
+        return sum(p == t for p, t in zip(preds, teacher, strict=True)) / len(teacher)
+
+    # repeating every 2nd frame hits 4/8, every 3rd hits 3/8 (frames 0, 3, 6); K_eq = 1.3 / 0.52 = 2.5
+    out = rival_equal_macs(teacher, score, teacher_macs=1.3, delta_amortised_macs=0.52, accuracy=0.5)
+    assert out["interval"] == pytest.approx(2.5)
+    assert out["value"] == pytest.approx(0.4 * 0.5 + 0.6 * 0.375)
+    assert out["margin_needed"] == pytest.approx(0.02)
+    assert out["beats"] is True  # 0.5 >= 0.425 + 0.02
+    assert rival_equal_macs(teacher, score, 1.3, 0.52, accuracy=0.44)["beats"] is False

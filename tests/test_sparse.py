@@ -1,0 +1,126 @@
+"""The sparse student: exact where it computes, MACs measured from what moved, deployable and savable."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import deltadistill as dd
+from deltadistill.geometry import ConvGeometry
+from deltadistill.macs import has_measured_macs, measured_delta_macs
+from deltadistill.modes import delta_layers
+from deltadistill.students import SparseStudent
+
+from .conftest import make_video, trained_bn
+
+
+def test_threshold_zero_is_the_teacher_conv_and_a_threshold_drops_only_still_pixels() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 6, 3, padding=1)
+    student = SparseStudent.from_teacher(conv, dd.DeltaConfig(), threshold=0.0)
+    d = torch.randn(2, 8, 12, 12)
+    torch.testing.assert_close(student(d), conv._conv_forward(d, conv.weight, None))
+    assert student.measured_macs() == ConvGeometry.of(conv).macs((12, 12))
+    d[:, :, :, 6:] *= 1e-3  # the right half barely moves
+    student.threshold.fill_(0.1)
+    kept = d.clone()
+    kept[:, :, :, 6:] = 0
+    torch.testing.assert_close(student(d), conv._conv_forward(kept, conv.weight, None))
+
+
+@pytest.mark.parametrize("conv,share", [(nn.Conv2d(4, 4, 1), 6 / 12), (nn.Conv2d(4, 4, 3, padding=1), 7 / 12),
+                                        (nn.Conv2d(4, 4, 3, stride=2, padding=1), 4 / 6)])
+def test_measured_macs_count_the_outputs_whose_receptive_field_moved(conv: nn.Conv2d, share: float) -> None:
+    student = SparseStudent.from_teacher(conv, dd.DeltaConfig(), threshold=0.5)
+    d = torch.zeros(1, 4, 12, 12)
+    d[..., :6] = 1.0  # columns 0..5 move: a 3x3 conv must also compute column 6; stride 2: columns 0..3 of 6
+    student(d)
+    dense = ConvGeometry.of(conv).macs((12, 12))
+    assert student.measured_macs() == round(share * dense)
+
+
+def test_deployed_sparse_model_streams_like_the_trainable_one_and_survives_save_load(tiny: nn.Module, tmp_path) -> None:
+    teacher = trained_bn(tiny)
+    model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse"))
+    for _, layer in delta_layers(model):
+        layer.students["sparse"].threshold.fill_(0.05)
+    frames = make_video(frames=5, size=32, seed=2)
+    trainable = dd.DeltaStream(model, 4)
+    want = [trainable(f) for f in frames]
+    deployed = dd.deploy(copy.deepcopy(model))
+    assert has_measured_macs(deployed)
+    stream = dd.DeltaStream(deployed, 4)
+    for f, w in zip(frames, want, strict=True):
+        torch.testing.assert_close(stream(f), w, atol=1e-4, rtol=1e-4)
+    dd.save(deployed, tmp_path / "m")
+    loaded = dd.load(copy.deepcopy(teacher), tmp_path / "m")
+    assert all(float(layer.student.threshold) == pytest.approx(0.05) for _, layer in delta_layers(loaded))
+    again = dd.DeltaStream(loaded, 4)
+    for f, w in zip(frames, want, strict=True):
+        torch.testing.assert_close(again(f), w, atol=1e-4, rtol=1e-4)
+    # the keyframe is the (BN-folded) teacher's output bit for bit; a delta frame's MACs are measured
+    with torch.no_grad(), dd.mode(loaded, "teacher"):
+        want_key = loaded(frames[0])
+    assert torch.equal(dd.DeltaStream(loaded, 4)(frames[0]), want_key)
+    report = dd.count_macs(loaded, (3, 32, 32))
+    measured = measured_delta_macs(loaded, report)
+    assert 0 < measured < report.teacher
+
+
+def test_sparsify_scales_each_threshold_by_its_layers_input_and_a_higher_level_computes_less(tiny: nn.Module) -> None:
+    teacher = trained_bn(tiny)
+    clips = [torch.cat(make_video(frames=3, size=32, seed=s)) for s in range(3)]
+    frames = make_video(frames=4, size=32, seed=9)
+    measured = []
+    for level in (0.0, 0.5):
+        model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse"))
+        result = dd.sparsify(model, clips, level=level, clips=3)
+        mean_abs = {}
+        hooks = [layer.register_forward_pre_hook(lambda _m, a, n=n, seen=mean_abs: seen.setdefault(n, []).append(
+            float(a[0].abs().mean()))) for n, layer in delta_layers(model)]
+        with torch.no_grad(), dd.mode(model, "teacher"):
+            for clip in clips:
+                model(clip[:1])
+        for h in hooks:
+            h.remove()
+        for choice in result.layers:
+            assert choice.threshold == pytest.approx(level * sum(mean_abs[choice.name]) / 3, rel=1e-5)
+        deployed = dd.deploy(model)
+        stream = dd.DeltaStream(deployed, 4)
+        report = dd.count_macs(deployed, (3, 32, 32))
+        total = 0
+        for f in frames:
+            stream(f)
+            if not stream.last_key:
+                total += measured_delta_macs(deployed, report)
+        measured.append(total)
+    dense = 3 * (dd.count_macs(dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="full")),
+                               (3, 32, 32)).delta)
+    assert measured[0] == dense  # threshold 0: every moving pixel computed, and in this video all move
+    assert measured[1] < 0.9 * measured[0]
+    with pytest.raises(ValueError, match="level"):
+        dd.sparsify(dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse")), clips, level=-1)
+
+
+def test_tune_sparse_meets_a_measured_budget_and_each_move_improves_the_measured_model(tiny: nn.Module) -> None:
+    from deltadistill.train.tune import _measure
+
+    teacher = trained_bn(tiny)
+    clips = [torch.cat(make_video(frames=3, size=32, seed=s)) for s in range(3)]
+    model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse"))
+    dd.sparsify(model, clips, level=0.05, clips=3)
+    result = dd.tune_sparse(model, clips, budget=0.6, clips=3, rounds=6, progress=False)
+    start, end = result.history[0], result.history[-1]
+    assert start["cost"] > 0.6 >= result.cost  # it began over budget and ended within it
+    scores = [h["error"] + 10 * max(0.0, h["cost"] - 0.6) for h in result.history]
+    assert all(b < a for a, b in zip(scores, scores[1:], strict=False))
+    # what it reports is what the model now measures
+    with torch.no_grad(), dd.mode(model, "teacher"):
+        wants = [[model(f[None]).clone() for f in clip] for clip in clips]
+    err, cost = _measure(model, clips, wants, dd.count_macs(model, (3, 32, 32)).teacher)
+    assert (err, cost) == pytest.approx((end["error"], end["cost"]))
+    with pytest.raises(ValueError, match="sparse student"):
+        dd.tune_sparse(dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="full")), clips, budget=0.5)
