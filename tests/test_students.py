@@ -83,6 +83,12 @@ def test_truncated_svd_is_best_rank_r_and_error_shrinks_with_rank() -> None:
         s = CompressedStudent(ConvGeometry.of(conv), r)
         s.init_from_svd(conv.weight.detach())
         errs.append((s(x) - target).pow(2).mean().item())
+        # Eckart-Young: the split's kernel differs from the teacher's by exactly the dropped singular values
+        v, h = s.vertical.weight.detach(), s.horizontal.weight.detach()  # (r, Cin, kh, 1), (Cout, r, 1, kw)
+        kernel = torch.einsum("orx,riy->oiyx", h[:, :, 0, :], v[:, :, :, 0])
+        m = conv.weight.detach().double().permute(1, 2, 0, 3).reshape(16 * 3, 16 * 3)  # (Cin*kh, Cout*kw)
+        dropped = torch.linalg.svdvals(m)[r:].pow(2).sum()
+        assert float((kernel.double() - conv.weight.double()).pow(2).sum()) == pytest.approx(float(dropped), rel=1e-4, abs=1e-8)
     assert errs == sorted(errs, reverse=True) and errs[-1] < 1e-9
 
 
@@ -93,7 +99,10 @@ def test_students_are_linear_and_bias_free() -> None:
     for cls in STUDENTS.values():
         s = cls.from_teacher(conv, cfg)
         a, b = torch.randn(1, 8, 10, 10), torch.randn(1, 8, 10, 10)
-        torch.testing.assert_close(s(a) - s(b), s(a - b), atol=1e-5, rtol=1e-5)
+        assert float(s(torch.zeros_like(a)).abs().max()) == 0.0  # bias-free
+        if cls.linear:  # a non-linear student (sparse) is deployed with x_k and z_k kept instead of c
+            torch.testing.assert_close(s(a) - s(b), s(a - b), atol=1e-5, rtol=1e-5)
+    assert not STUDENTS["sparse"].linear
 
 
 def test_grouped_split_is_cheaper_and_stride2_depthwise_is_refused() -> None:

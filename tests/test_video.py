@@ -52,8 +52,9 @@ def test_bad_videos_give_clear_errors(tmp_path) -> None:
 def test_truncated_video_is_an_error_not_a_crash(bikes, tmp_path) -> None:
     data = bikes.read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 3])
-    with pytest.raises(VideoError):
+    with pytest.raises(VideoError):  # each call on its own: a second call inside one raises-block never runs
         VideoClips([tmp_path / "cut.mp4"], clip_len=3)[0]
+    with pytest.raises(VideoError):
         list(iter_frames(tmp_path / "cut.mp4"))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,10 +126,10 @@ def compare(
         t2 = time.perf_counter()
         key = bool(stream.last_key)
         if key:
-            key_out, teacher_key_map = d_out, _first_map(t_out).clone()
+            key_out, teacher_key_map = d_out, first_output_map(t_out).clone()
         else:
-            t_map = _first_map(t_out)
-            result.change_error += float((_first_map(d_out) - t_map).double().pow(2).sum())
+            t_map = first_output_map(t_out)
+            result.change_error += float((first_output_map(d_out) - t_map).double().pow(2).sum())
             result.change_energy += float((teacher_key_map - t_map).double().pow(2).sum())
             result.repeated_key.append(_same(d_out, key_out))
             if measure:
@@ -147,7 +147,7 @@ def compare(
     return result
 
 
-def _first_map(out: Any) -> torch.Tensor:
+def first_output_map(out: Any) -> torch.Tensor:
     """The first tensor of a model's raw output (the heatmap of a detector, the mask of a segmenter)."""
     while not isinstance(out, torch.Tensor):
         out = next(iter(out.values())) if isinstance(out, dict) else out[0]
@@ -167,26 +167,46 @@ def _same(a: Any, b: Any) -> bool:
 
 
 @torch.no_grad()
-def recovered_share(model: nn.Module, clips: Iterable[torch.Tensor]) -> float:
+def stream_change(model: nn.Module, clips: Sequence[torch.Tensor], wants: Sequence[Sequence[torch.Tensor]] | None = None,
+                  macs: MacReport | None = None) -> tuple[float, float, float | None]:
+    """Stream each clip (T, C, H, W), its first frame the keyframe, and compare delta frames with the teacher.
+
+    Returns ``(error, energy, delta MACs)``: sums over delta frames of ``||y_delta - y_teacher||^2``
+    and ``||y_key - y_teacher||^2`` on the first output map, and, with ``macs`` and data-dependent
+    students, the mean measured MACs of a delta frame. ``wants``: the teacher's first output maps per
+    clip and frame, when already known (the model in teacher mode gives them otherwise).
+    """
+    from .modes import mode
+
+    err = energy = spent = 0.0
+    frames = 0
+    measure = macs is not None and has_measured_macs(model)
+    for i, clip in enumerate(clips):
+        clip = clip[0] if isinstance(clip, (tuple, list)) else clip
+        if wants is None:
+            with mode(model, "teacher"):
+                want = [first_output_map(model(f[None])).clone() for f in clip]
+        else:
+            want = wants[i]
+        stream = DeltaStream(model, EveryK(clip.shape[0]))
+        for t, f in enumerate(clip):
+            got = first_output_map(stream(f[None]))
+            if t:
+                err += float((got - want[t]).double().pow(2).sum())
+                energy += float((want[0] - want[t]).double().pow(2).sum())
+                spent += measured_delta_macs(model, macs) if measure else 0
+                frames += 1
+    return err, energy, spent / max(frames, 1) if measure else None
+
+
+def recovered_share(model: nn.Module, clips: Sequence[torch.Tensor]) -> float:
     """How much of the output's change since the keyframe a converted model's delta frames recover.
 
     Each clip (T, C, H, W) streams with its first frame as the keyframe; on the rest,
     ``1 - sum ||y_delta - y_teacher||^2 / sum ||y_key - y_teacher||^2`` over the first output map:
     0 is no better than repeating the keyframe (the free rival), 1 is the teacher, below 0 is worse.
     """
-    from .modes import mode
-
-    err = energy = 0.0
-    for clip in clips:
-        clip = clip[0] if isinstance(clip, (tuple, list)) else clip
-        with mode(model, "teacher"):
-            want = [_first_map(model(f[None])).clone() for f in clip]
-        stream = DeltaStream(model, EveryK(clip.shape[0]))
-        for t, f in enumerate(clip):
-            got = _first_map(stream(f[None]))
-            if t:
-                err += float((got - want[t]).double().pow(2).sum())
-                energy += float((want[0] - want[t]).double().pow(2).sum())
+    err, energy, _ = stream_change(model, clips)
     if energy == 0:
         raise ValueError("the clips do not change the output: nothing to recover")
     return 1.0 - err / energy

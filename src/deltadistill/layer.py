@@ -14,6 +14,7 @@ Modes (set for a whole model with `deltadistill.modes.set_mode`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -60,6 +61,29 @@ class DeltaLayer(nn.Module):
         if self.cache is None:
             raise RuntimeError("stream mode needs state: run frames through deltadistill.DeltaStream")
         return self.cache
+
+    def _stream_from_keyframe(self, x: Tensor, g: Callable[[Tensor], Tensor]) -> Tensor:
+        """Stream mode that keeps the keyframe's input and output: ``z_t = z_k + g(x_t - x_k)``."""
+        cache = self._cache()
+        key_idx, delta_idx = self._key_split(x)
+        if key_idx is None and delta_idx is None:  # all keyframes
+            z = self.base(x)
+            cache["x"], cache["z"] = x.clone(), z.clone()  # clone: later in-place ops must not touch the cache
+            return z
+        if "x" not in cache:
+            raise RuntimeError("delta frame before any keyframe: the first frame of a stream must be a keyframe")
+        if cache["x"].shape != x.shape:
+            raise ValueError(f"frame shape changed mid-stream: keyframe features {tuple(cache['x'].shape)}, "
+                             f"now {tuple(x.shape)}; call reset() before changing resolution or batch")
+        if key_idx is None:  # all delta frames
+            return cache["z"] + g(x - cache["x"])
+        z = torch.empty_like(cache["z"])
+        zk_new = self.base(x[key_idx])
+        z[key_idx] = zk_new
+        cache["x"][key_idx] = x[key_idx]
+        cache["z"][key_idx] = zk_new
+        z[delta_idx] = cache["z"][delta_idx] + g(x[delta_idx] - cache["x"][delta_idx])
+        return z
 
     def _key_split(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """Indices of key and delta frames in the batch, or None when all are one kind."""
@@ -181,26 +205,7 @@ class DeltaConv2d(DeltaLayer):
         return torch.cat([zk.unsqueeze(1), rest], 1).flatten(0, 1)
 
     def _stream(self, x: Tensor) -> Tensor:
-        cache = self._cache()
-        key_idx, delta_idx = self._key_split(x)
-        if key_idx is None and delta_idx is None:  # all keyframes
-            z = self.base(x)
-            cache["x"], cache["z"] = x.clone(), z.clone()  # clone: later in-place ops must not touch the cache
-            return z
-        if "x" not in cache:
-            raise RuntimeError("delta frame before any keyframe: the first frame of a stream must be a keyframe")
-        if cache["x"].shape != x.shape:
-            raise ValueError(f"frame shape changed mid-stream: keyframe features {tuple(cache['x'].shape)}, "
-                             f"now {tuple(x.shape)}; call reset() before changing resolution or batch")
-        if key_idx is None:  # all delta frames
-            return cache["z"] + self.predict_delta(x - cache["x"])
-        z = torch.empty_like(cache["z"])
-        zk_new = self.base(x[key_idx])
-        z[key_idx] = zk_new
-        cache["x"][key_idx] = x[key_idx]
-        cache["z"][key_idx] = zk_new
-        z[delta_idx] = cache["z"][delta_idx] + self.predict_delta(x[delta_idx] - cache["x"][delta_idx])
-        return z
+        return self._stream_from_keyframe(x, self.predict_delta)
 
 
 class DeployedDeltaConv2d(DeltaLayer):
@@ -233,8 +238,8 @@ class DeployedDeltaConv2d(DeltaLayer):
             return self.base(x)
         if self.mode != "stream":
             raise ValueError(f"a deployed layer runs in 'teacher' or 'stream' mode, not {self.mode!r}")
-        if not self.student.linear:
-            return self._stream_nonlinear(x)
+        if not self.student.linear:  # g(x_t) - g(x_k) != g(x_t - x_k): keep x_k and z_k instead of c
+            return self._stream_from_keyframe(x, self.student)
         cache = self._cache()
         key_idx, delta_idx = self._key_split(x)
         if key_idx is None and delta_idx is None:
@@ -260,25 +265,3 @@ class DeployedDeltaConv2d(DeltaLayer):
         z[delta_idx] = c[delta_idx] if self.student.is_zero else self.student(x[delta_idx]) + c[delta_idx]
         return z
 
-    def _stream_nonlinear(self, x: Tensor) -> Tensor:
-        """A student whose ``g(x_t) - g(x_k) != g(x_t - x_k)``: keep ``x_k`` and ``z_k``, add ``g(x_t - x_k)``."""
-        cache = self._cache()
-        key_idx, delta_idx = self._key_split(x)
-        if key_idx is None and delta_idx is None:
-            z = self.base(x)
-            cache["x"], cache["z"] = x.clone(), z.clone()  # later in-place ops must not touch the cache
-            return z
-        if "x" not in cache:
-            raise RuntimeError("delta frame before any keyframe: the first frame of a stream must be a keyframe")
-        if cache["x"].shape != x.shape:
-            raise ValueError(f"frame shape changed mid-stream: keyframe features {tuple(cache['x'].shape)}, "
-                             f"now {tuple(x.shape)}; call reset() before changing resolution or batch")
-        if key_idx is None:
-            return self.student(x - cache["x"]).add_(cache["z"])
-        z = torch.empty_like(cache["z"])
-        zk = self.base(x[key_idx])
-        z[key_idx] = zk
-        cache["x"][key_idx] = x[key_idx]
-        cache["z"][key_idx] = zk
-        z[delta_idx] = cache["z"][delta_idx] + self.student(x[delta_idx] - cache["x"][delta_idx])
-        return z

@@ -19,11 +19,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..evaluate import first_output_map, stream_change
 from ..geometry import ConvGeometry
 from ..layer import DeltaConv2d
-from ..macs import count_macs, measured_delta_macs
+from ..macs import count_macs
 from ..modes import delta_layers, mode
-from ..stream import DeltaStream, EveryK
 from ..students import SparseStudent
 
 FACTORS = (0.5, 2.0)
@@ -48,28 +48,10 @@ def _group(layer: DeltaConv2d) -> str:
     return f"{h}x{w} {kind}"
 
 
-def _first(out: Any) -> Tensor:
-    while not isinstance(out, Tensor):
-        out = next(iter(out.values())) if isinstance(out, dict) else out[0]
-    return out
-
-
-@torch.no_grad()
 def _measure(model: nn.Module, clips: Sequence[Tensor], wants: list[list[Tensor]], teacher_macs: int) -> tuple[float, float]:
     """(error = 1 - recovered share, delta-frame MACs / teacher) of ``model`` streamed over ``clips``."""
-    err = energy = macs = 0.0
-    frames = 0
-    report = count_macs(model, tuple(clips[0].shape[1:]))
-    for clip, want in zip(clips, wants, strict=True):
-        stream = DeltaStream(model, EveryK(clip.shape[0]))
-        for t, f in enumerate(clip):
-            got = _first(stream(f[None]))
-            if t:
-                err += float((got - want[t]).double().pow(2).sum())
-                energy += float((want[0] - want[t]).double().pow(2).sum())
-                macs += measured_delta_macs(model, report)
-                frames += 1
-    return err / max(energy, 1e-30), macs / max(frames, 1) / teacher_macs
+    err, energy, spent = stream_change(model, clips, wants, count_macs(model, tuple(clips[0].shape[1:])))
+    return err / max(energy, 1e-30), (spent or 0.0) / teacher_macs
 
 
 def tune_sparse(model: nn.Module, data: Any, *, budget: float, clips: int = 8, rounds: int = 4,
@@ -90,7 +72,7 @@ def tune_sparse(model: nn.Module, data: Any, *, budget: float, clips: int = 8, r
         raise ValueError("no calibration clips")
     model.eval()
     with torch.no_grad(), mode(model, "teacher"):
-        wants = [[_first(model(f[None])).clone() for f in clip] for clip in items]
+        wants = [[first_output_map(model(f[None])).clone() for f in clip] for clip in items]
     teacher_macs = count_macs(model, tuple(items[0].shape[1:])).teacher
     groups: dict[str, list[SparseStudent]] = {}
     for m in layers:
