@@ -57,3 +57,10 @@ def test_summary_lists_converted_and_skipped_with_macs(tiny: TinySegNet) -> None
     dd.convert(tiny, dd.DeltaConfig())
     text = dd.summary(tiny, (3, 32, 32))
     assert "stem" in text and "first/last conv" in text and "converted" in text and "GMAC/frame" in text
+    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
+    # block1.conv1: 16->32, 3x3, stride 2 on the stem's 16x16 output -> 8x8: 32*16*9*64 = 294,912 MACs
+    assert "0.3->" in lines["block1.conv1"]
+    # same: 32->32, 3x5 on 8x8: 32*32*15*64 = 983,040 MACs
+    assert "1.0->" in lines["same"]
+    report = dd.count_macs(tiny, (3, 32, 32))
+    assert f"({report.ratio:.2f}x fewer)" in text and report.layers[0].teacher == 294_912

@@ -81,6 +81,10 @@ def test_writer_makes_a_playable_mp4_and_drawing_works(tmp_path) -> None:
     frame = np.full((64, 80, 3), 90, np.uint8)
     boxed = draw_boxes(frame, np.array([[5, 20, 40, 60]]), np.array([0]), np.array([0.9]), ["person"])
     masked = overlay_mask(frame, np.pad(np.ones((20, 20)), 20)[:64, :80])
+    assert masked[30, 30].tolist() == [70, 147, 70]  # half frame (90), half colour (50, 205, 50)
+    assert masked[5, 5].tolist() == [90, 90, 90]  # outside the mask: untouched
+    outline = (masked == [50, 205, 50]).all(-1)
+    assert outline.any() and not outline[30, 40]  # an outline in the pure colour, around (not over) the inside
     panel = side_by_side(boxed, masked, "teacher", "delta (KEY)", "1.3 GMAC", "0.3 GMAC", right_is_key=True)
     assert panel.shape == (64 + 48, 80 * 2 + 4, 3) and not np.array_equal(boxed, frame)
     out = tmp_path / "v.mp4"

@@ -26,6 +26,7 @@ from .students import STUDENTS
 
 FORMAT = "deltadistill/1"
 WEIGHTS, META = "students.safetensors", "deltadistill.json"
+TEACHER_PREFIX = "teacher:"  # with include_teacher: the teacher's tensors outside the delta layers
 
 
 class CheckpointError(ValueError):
@@ -56,6 +57,12 @@ def _rebuild_students(layer: DeltaConv2d, info: dict[str, Any], config: DeltaCon
     layer.set_students(students, config.gate_init, config.prefer)
 
 
+def _outside_delta_layers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters and buffers that no delta layer holds (a fine-tuned teacher's BN, heads...)."""
+    prefixes = tuple(f"{name}." for name, _ in delta_layers(model))
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+
+
 def save(model: nn.Module, path: str | Path, include_teacher: bool = False, extra: dict | None = None) -> Path:
     """Store the delta layers of ``model`` in directory ``path`` (created if needed)."""
     path = Path(path)
@@ -71,6 +78,9 @@ def save(model: nn.Module, path: str | Path, include_teacher: bool = False, extr
         for k, v in layer.state_dict().items():
             if include_teacher or not k.startswith("base."):
                 tensors[f"{name}.{k}"] = v.detach().cpu().contiguous().clone()
+    if include_teacher:  # the rest of a fine-tuned teacher too: BN, unconverted convs, heads
+        for k, v in _outside_delta_layers(model).items():
+            tensors[TEACHER_PREFIX + k] = v.detach().cpu().contiguous().clone()
     meta = {"format": FORMAT, "config": report.config.to_json(), "layers": layers,
             "include_teacher": include_teacher, "bn_folded": bool(getattr(model, "delta_bn_folded", 0)),
             "extra": extra or {}}
@@ -127,6 +137,8 @@ def load(teacher: nn.Module, path: str | Path) -> nn.Module:
         for k, v in layer.state_dict().items():
             if meta["include_teacher"] or not k.startswith("base."):
                 state[f"{name}.{k}"] = v
+    rest = _outside_delta_layers(teacher) if meta["include_teacher"] else {}
+    state.update({TEACHER_PREFIX + k: v for k, v in rest.items()})
     expected = set(state)
     missing, unexpected = expected - tensors.keys(), tensors.keys() - expected
     if missing or unexpected:
@@ -135,7 +147,10 @@ def load(teacher: nn.Module, path: str | Path) -> nn.Module:
     for k, v in tensors.items():
         if state[k].shape != v.shape:
             raise CheckpointError(f"checkpoint tensor {k} has shape {tuple(v.shape)}, model has {tuple(state[k].shape)}")
-    teacher.load_state_dict(tensors, strict=False)
+    teacher.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(TEACHER_PREFIX)}, strict=False)
+    if rest:
+        teacher.load_state_dict({k[len(TEACHER_PREFIX):]: v for k, v in tensors.items()
+                                 if k.startswith(TEACHER_PREFIX)}, strict=False)
     if any(info["deployed"] for info in layers.values()):
         teacher.eval().requires_grad_(False)
     return teacher
