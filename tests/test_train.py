@@ -186,8 +186,17 @@ def test_torchrun_two_processes_agree(tmp_path) -> None:
         assert torch.equal(w0[k], w1[k]), k
     saved = load_file(str(out / "model" / "students.safetensors"))
     assert all(torch.equal(saved[k], w0[k]) for k in saved)
-    start = dd.convert(trained_bn(TinySegNet()), dd.DeltaConfig()).state_dict()
-    assert any(not torch.equal(w0[k], start[k]) for k in saved if k in start)  # training really moved them
+    # the same teacher and config as the CLI's, before any step: training must have moved the students
+    from deltadistill.config import DeltaConfig
+    from deltadistill.teacher_resolve import resolve_teacher
+
+    config = DeltaConfig.from_json(json.loads((out / "model" / "deltadistill.json").read_text())["config"])
+    config.targets = None
+    start = dd.convert(resolve_teacher("tinyseg"), config).state_dict()
+    assert saved.keys() <= start.keys()
+    moved = [k for k in saved if not torch.equal(w0[k], start[k])]
+    assert moved and all(".students." in k or ".gate." in k for k in moved)
+    assert all(torch.equal(w0[k], start[k]) for k in w0 if ".base." in k)  # the teacher stayed frozen
 
 
 class LabelledClips(torch.utils.data.Dataset):
