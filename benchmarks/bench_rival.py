@@ -119,7 +119,9 @@ def main() -> None:
             body.append(f"| {r['budget']:g} | {r['k']} | {r['students']} | {r['mac_ratio']:.2f}x | {r['accuracy']:.3f} | "
                         f"{r['rival_same_k']:.3f} | {riv['value']:.3f} (K={riv['interval']:.2f}) | {verdict} | "
                         f"{r['recovered']:.2f} ({_num(r['predicted_recovered'])}) | {speed_words(r['speedup'])} |")
-        kind = "tuned sparse" if args.tune else "uniform sparse" if args.uniform else "calibrated"
+        kind = ("tuned sparse" if args.tune else "uniform sparse, weighted" if args.uniform and args.weighted
+                else "uniform sparse" if args.uniform
+                else "calibrated, sparse only" if args.students == "sparse" else "calibrated")
         write_section(f"rival-{args.teacher}{args.section}", f"{args.teacher}: delta models against the rival at "
                       f"equal MACs ({kind})", "\n".join(body))
 
