@@ -76,7 +76,8 @@ class DeltaLayer(nn.Module):
             raise ValueError(f"frame shape changed mid-stream: keyframe features {tuple(cache['x'].shape)}, "
                              f"now {tuple(x.shape)}; call reset() before changing resolution or batch")
         if key_idx is None:  # all delta frames
-            return cache["z"] + g(x - cache["x"])
+            y = g(x - cache["x"])
+            return y.add_(cache["z"]) if not y.requires_grad else y + cache["z"]
         z = torch.empty_like(cache["z"])
         zk_new = self.base(x[key_idx])
         z[key_idx] = zk_new
