@@ -96,3 +96,46 @@ def test_writer_makes_a_playable_mp4_and_drawing_works(tmp_path) -> None:
         w.write(panel)
         raise RuntimeError("crash mid-write")
     assert list(tmp_path.iterdir()) == [out]  # nothing half-written left behind
+
+
+def _write_clip(path, codec: str, fmt: str | None = None, pts_ms: list[int] | None = None, bframes: int = 0,
+                n: int = 24) -> None:
+    """A short clip whose every frame differs (a bar moving down, a red ramp), written with PyAV."""
+    import fractions
+
+    import av
+
+    with av.open(str(path), "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+        s.codec_context.max_b_frames = bframes
+        if pts_ms is not None:
+            s.codec_context.time_base = fractions.Fraction(1, 1000)
+        for i in range(n):
+            a = np.zeros((64, 96, 3), np.uint8)
+            a[..., 0] = i * 9
+            a[(i * 3) % 56:(i * 3) % 56 + 8, :, 1] = 255
+            f = av.VideoFrame.from_ndarray(a, format="rgb24")
+            if pts_ms is not None:
+                f.pts, f.time_base = pts_ms[i], fractions.Fraction(1, 1000)
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+@pytest.mark.parametrize("kind", ["variable_frame_rate", "b_frames", "avi_packed_b_frames"])
+def test_clip_frames_are_indexed_by_position_not_timestamp(tmp_path, kind: str) -> None:
+    path = tmp_path / ("v.avi" if kind.startswith("avi") else "v.mp4")
+    if kind == "variable_frame_rate":  # gaps of 20 to 90 ms: round(pts * rate) skips and repeats indices
+        gaps = np.random.default_rng(0).integers(20, 90, 24)
+        _write_clip(path, "mpeg4", pts_ms=np.cumsum(gaps).tolist())
+    else:
+        _write_clip(path, "mpeg4", "avi" if kind.startswith("avi") else None, bframes=2)
+    direct = list(iter_frames(path))
+    assert len(direct) == video_info(path).frames == 24
+    ds = VideoClips([path], clip_len=3, max_interval=5, size=(64, 96), scale_jitter=1.0, seed=1)
+    for i in range(12):
+        _, idx, jitter = ds.plan(i)
+        clip = ds[i].permute(0, 2, 3, 1).numpy() * 255
+        np.testing.assert_allclose(clip, ds.crop([direct[j] for j in idx], jitter), atol=1e-3)

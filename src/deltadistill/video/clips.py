@@ -48,6 +48,7 @@ class VideoClips(Dataset):
         self.clip_len, self.max_interval, self.size = clip_len, max_interval, tuple(size)
         self.length, self.seed, self.scale_jitter, self.value_range = length, seed, scale_jitter, value_range
         self.ranges = []
+        self._orders: dict[int, dict[int, int] | None] = {}  # per video: timestamp -> frame position
         for p, info in zip(self.paths, self.infos, strict=True):
             lo, hi = int(frame_range[0] * info.frames), int(frame_range[1] * info.frames)
             if hi - lo < clip_len:
@@ -73,17 +74,51 @@ class VideoClips(Dataset):
         return v, frames, (float(rng.uniform(1.0, self.scale_jitter)), float(rng.random()), float(rng.random()))
 
     def decode(self, video: int, frames: list[int]) -> list[np.ndarray]:
-        """Decode just the frames asked for, seeking to the keyframe before the first."""
-        path, wanted, out = self.paths[video], sorted(set(frames)), {}
+        """Decode just the frames asked for. A frame's index is its position in presentation order,
+        never a guess from its timestamp (variable frame rates and B-frames skip or reorder those):
+        timestamps are used only to seek, and a seek that lands wrong decodes from the start."""
+        wanted = sorted(set(frames))
+        order = self._presentation_order(video)
+        out = self._decode_from(video, wanted, order) if order is not None else None
+        if out is None:
+            out = self._decode_from(video, wanted, None)
+        missing = [f for f in wanted if f not in out]
+        if missing:
+            raise VideoError(f"{self.paths[video]}: could not decode frames {missing[:5]} "
+                             f"(the video has {self.infos[video].frames})")
+        return [out[f] for f in frames]
+
+    def _presentation_order(self, video: int) -> dict[int, int] | None:
+        """Timestamp -> position of every frame, read from packets once per video (no decoding);
+        None when the packets cannot say (missing or repeated timestamps, or not one per frame)."""
+        if video not in self._orders:
+            container = _open(self.paths[video])
+            try:
+                stream = container.streams.video[0]
+                pts = [p.pts for p in container.demux(stream) if p.size]
+            except av.error.FFmpegError as e:
+                raise VideoError(f"video {self.paths[video]} is corrupt: reading failed ({e})") from e
+            finally:
+                container.close()
+            ok = None not in pts and len(set(pts)) == len(pts) == self.infos[video].frames
+            self._orders[video] = {p: i for i, p in enumerate(sorted(pts))} if ok else None
+        return self._orders[video]
+
+    def _decode_from(self, video: int, wanted: list[int], order: dict[int, int] | None) -> dict[int, np.ndarray] | None:
+        """With ``order``: seek to the keyframe before the first wanted frame and decode on, indexing
+        by ``order`` (None if the seek landed past it). Without: decode from the start, counting."""
+        path, out = self.paths[video], {}
         container = _open(path)
         try:
             stream = container.streams.video[0]
-            rate = float(stream.average_rate or 25)
-            tb = float(stream.time_base) if stream.time_base else 1 / rate
-            container.seek(int(max(0.0, wanted[0] / rate - 0.5) / tb), stream=stream, backward=True)
-            for frame in container.decode(stream):
-                idx = round(float(frame.pts * tb) * rate) if frame.pts is not None else None
-                if idx is None or idx > wanted[-1]:
+            if order is not None:
+                first = next(p for p, i in order.items() if i == wanted[0])
+                container.seek(first, stream=stream, backward=True)
+            for n, frame in enumerate(container.decode(stream)):
+                idx = n if order is None else order.get(frame.pts)
+                if idx is None or (order is not None and not out and idx > wanted[0]):
+                    return None  # a frame the packets did not list, or a seek past the first frame wanted
+                if idx > wanted[-1]:
                     break
                 if idx in wanted:
                     out[idx] = frame.to_ndarray(format="rgb24")
@@ -91,10 +126,7 @@ class VideoClips(Dataset):
             raise VideoError(f"video {path} is corrupt: decoding failed ({e})") from e
         finally:
             container.close()
-        missing = [f for f in wanted if f not in out]
-        if missing:
-            raise VideoError(f"{path}: could not decode frames {missing[:5]}")
-        return [out[f] for f in frames]
+        return out
 
     def crop(self, frames: list[np.ndarray], jitter: tuple[float, float, float]) -> np.ndarray:
         if self.fit == "letterbox":
