@@ -72,8 +72,8 @@ class LayerChoice:
 class CalibrationResult:
     """What `calibrate` chose; ``cost`` is a delta frame's MACs over the teacher's."""
 
-    budget: float
-    cost: float
+    budget: float | None  # None for `sparsify`, which sets thresholds, not a budget
+    cost: float | None  # None where the cost depends on the frames (measure it with the bench)
     clips: int
     layers: list[LayerChoice] = field(default_factory=list)
     objective: str = "output"
@@ -335,7 +335,7 @@ def sparsify(model: nn.Module, data: Any, *, level: float = 0.02, clips: int = 8
         for h in handles:
             h.remove()
     config = model.delta_report.config
-    result = CalibrationResult(budget=float("nan"), cost=float("nan"), clips=len(items), objective="uniform")
+    result = CalibrationResult(budget=None, cost=None, clips=len(items), objective="uniform")
     for n, m in layers.items():
         tau = level * scale[n] / len(items)
         student = SparseStudent.from_teacher(m.base, config, threshold=tau, weighted=weighted)

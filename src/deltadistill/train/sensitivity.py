@@ -82,6 +82,7 @@ def output_sensitivity(model: nn.Module, clips: Sequence[Tensor], covs: dict[str
         raise ValueError("model has no trainable delta layers: convert it with deltadistill.convert first")
     config = model.delta_report.config
     stats = {n: LayerSensitivity() for n, _ in layers}
+    by_name = dict(layers)
     gen = torch.Generator().manual_seed(seed)
     change_energy, n_samples = 0.0, 0
     inputs: dict[str, Tensor] = {}
@@ -128,9 +129,8 @@ def output_sensitivity(model: nn.Module, clips: Sequence[Tensor], covs: dict[str
                         for n, v in zip(names, grads, strict=True):
                             if v is None:
                                 continue
-                            layer = dict(layers)[n]
                             d = inputs[n] - key_in[n]
-                            _accumulate(stats[n], layer, d, v.detach(), key_in[n], config,
+                            _accumulate(stats[n], by_name[n], d, v.detach(), key_in[n], config,
                                         covs.get(n) if covs else None, with_compressed, with_sparse, p == 0)
     finally:
         for h in handles:
