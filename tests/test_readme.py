@@ -1,4 +1,4 @@
-"""The README's Python example runs as written (with one training step and three frames)."""
+"""The README's Python examples run as written (on two calibration clips and three frames)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_readme_example_runs(tmp_path, monkeypatch) -> None:
     code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
     assert len(code.strip().splitlines()) <= 13
-    code = code.replace("steps=300", "steps=1").replace("size=(512, 512)):", "size=(512, 512), stop=3):")
-    assert "steps=1" in code and "stop=3" in code
+    code = code.replace("level=0.02)", "level=0.02, clips=2)").replace("size=(512, 512)):", "size=(512, 512), stop=3):")
+    assert "clips=2)" in code and "stop=3" in code
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
@@ -23,7 +23,7 @@ def test_readme_example_runs(tmp_path, monkeypatch) -> None:
 def test_readme_calibrate_example_runs(tmp_path, monkeypatch) -> None:
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     first, calib = blocks[0], blocks[1]
-    setup = "\n".join(line for line in first.splitlines() if line.startswith(("import", "from", "teacher =", "clips =")))
+    setup = "\n".join(line for line in first.splitlines() if line.startswith(("import", "from", "videos =", "teacher =", "clips =")))
     calib = calib.replace("budget=0.25)", "budget=0.25, clips=2)")
     assert "clips=2" in calib
     monkeypatch.chdir(tmp_path)
