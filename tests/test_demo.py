@@ -105,3 +105,15 @@ def test_bench_sparse_model_reports_measured_macs_and_the_rival_at_equal_macs(tm
     rival = report["accuracy"]["rival_equal_macs"]
     assert rival["interval"] == pytest.approx(report["mac_ratio"]) and "rival at equal MACs" in r.stdout
     assert -1 <= report["detail"]["output_change_recovered"] <= 1
+
+
+@pytest.mark.parametrize("flag", ["--render", "--json"])
+def test_bench_refuses_an_unwritable_output_before_any_work(tmp_path: Path, flag: str) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    target = blocker / "out.mp4"
+    r = cli("bench", "--teacher", "selfie", "--video", str(default_videos()["carphone_pristine"]), "--sparse", "0.15",
+            "--start", "90", "--frames", "8", flag, str(target), timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"cannot write {flag} {target}" in r.stderr  # the path as given, not a temporary file beside it
+    assert "teacher vs delta" not in r.stderr  # refused before the benchmark ran

@@ -141,8 +141,11 @@ def bench(
     from deltadistill.teacher_resolve import resolve_teacher
 
     try:
-        if json_out is not None and json_out.exists() and json_out.is_dir():
-            raise ValueError(f"--json {json_out} is a directory")
+        from deltadistill.files import check_output_file
+
+        for flag, path in (("--json", json_out), ("--render", render)):
+            if path is not None:
+                check_output_file(path, flag)  # before any work: a bad path must not cost a whole run
         sweep_budgets = _floats(budgets, "--budgets")
         if sum(x is not None for x in (model, budget, sparse)) != 1:
             raise ValueError("give one of --model (a trained delta model), --budget (calibrate one now) or "

@@ -42,3 +42,18 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_output_file(path: str | Path, what: str) -> Path:
+    """Refuse, before any work is spent, an output file that cannot be written. The error names the
+    path as the user gave it (never a temporary file beside it)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{what} {path} is a directory")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=".probe-"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"cannot write {what} {path}: {e.strerror or e}") from e
+    return p
