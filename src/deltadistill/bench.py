@@ -60,15 +60,16 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
     def on_frame(i: int, frame: np.ndarray, t_pred: Any, d_pred: Any, key: bool) -> None:
         tc_teacher.update(frame, t_pred)
         tc_delta.update(frame, d_pred)
+        if writer is None:  # the running MACs only label the rendered video; compare measures them anyway
+            return
         now = macs.keyframe if key else measured_delta_macs(model, macs) if measured else macs.delta
         running["g"] += now / 1e9
-        if writer is not None:
-            writer.write(side_by_side(
-                task.draw(frame, t_pred), task.draw(frame, d_pred), f"teacher  frame {start + i}",
-                f"delta model  {'KEYFRAME' if key else 'delta frame'}",
-                f"{macs.teacher / 1e9:.2f} GMAC/frame",
-                f"{now / 1e9:.2f} GMAC now, {running['g'] / (i + 1):.2f} avg",
-                right_is_key=key))
+        writer.write(side_by_side(
+            task.draw(frame, t_pred), task.draw(frame, d_pred), f"teacher  frame {start + i}",
+            f"delta model  {'KEYFRAME' if key else 'delta frame'}",
+            f"{macs.teacher / 1e9:.2f} GMAC/frame",
+            f"{now / 1e9:.2f} GMAC now, {running['g'] / (i + 1):.2f} avg",
+            right_is_key=key))
 
     try:
         cmp = compare(teacher, model, iter_frames(video, size, "letterbox", start, stop),

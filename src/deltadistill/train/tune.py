@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..evaluate import first_output_map, stream_change
 from ..geometry import ConvGeometry
 from ..layer import DeltaConv2d
-from ..macs import count_macs
+from ..macs import MacReport, count_macs
 from ..modes import delta_layers, mode
 from ..students import SparseStudent
 
@@ -48,10 +48,10 @@ def _group(layer: DeltaConv2d) -> str:
     return f"{h}x{w} {kind}"
 
 
-def _measure(model: nn.Module, clips: Sequence[Tensor], wants: list[list[Tensor]], teacher_macs: int) -> tuple[float, float]:
+def _measure(model: nn.Module, clips: Sequence[Tensor], wants: list[list[Tensor]], macs: MacReport) -> tuple[float, float]:
     """(error = 1 - recovered share, delta-frame MACs / teacher) of ``model`` streamed over ``clips``."""
-    err, energy, spent = stream_change(model, clips, wants, count_macs(model, tuple(clips[0].shape[1:])))
-    return err / max(energy, 1e-30), (spent or 0.0) / teacher_macs
+    err, energy, spent = stream_change(model, clips, wants, macs)
+    return err / max(energy, 1e-30), (spent or 0.0) / macs.teacher
 
 
 def tune_sparse(model: nn.Module, data: Any, *, budget: float, clips: int = 8, rounds: int = 4,
@@ -73,7 +73,7 @@ def tune_sparse(model: nn.Module, data: Any, *, budget: float, clips: int = 8, r
     model.eval()
     with torch.no_grad(), mode(model, "teacher"):
         wants = [[first_output_map(model(f[None])).clone() for f in clip] for clip in items]
-    teacher_macs = count_macs(model, tuple(items[0].shape[1:])).teacher
+    macs = count_macs(model, tuple(items[0].shape[1:]))  # once: thresholds change what is measured, not this
     groups: dict[str, list[SparseStudent]] = {}
     for m in layers:
         groups.setdefault(_group(m), []).append(students[id(m)])
@@ -88,7 +88,7 @@ def tune_sparse(model: nn.Module, data: Any, *, budget: float, clips: int = 8, r
     def score(err: float, cost: float) -> float:
         return err + OVER_BUDGET_PENALTY * max(0.0, cost - budget)
 
-    err, cost = _measure(model, items, wants, teacher_macs)
+    err, cost = _measure(model, items, wants, macs)
     result = TuneResult(budget, cost, 1 - err)
     result.history.append({"round": 0, "move": None, "error": err, "cost": cost})
     best = score(err, cost)
@@ -99,7 +99,7 @@ def tune_sparse(model: nn.Module, data: Any, *, budget: float, clips: int = 8, r
             for f in factors:
                 trial = {**scale, g: scale[g] * f}
                 apply(trial)
-                e, c = _measure(model, items, wants, teacher_macs)
+                e, c = _measure(model, items, wants, macs)
                 bar.update(1)
                 s = score(e, c)
                 if s < best - 1e-6 and (trial_best is None or s < trial_best[0]):

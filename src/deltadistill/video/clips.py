@@ -49,6 +49,7 @@ class VideoClips(Dataset):
         self.length, self.seed, self.scale_jitter, self.value_range = length, seed, scale_jitter, value_range
         self.ranges = []
         self._orders: dict[int, dict[int, int] | None] = {}  # per video: timestamp -> frame position
+        self._pts: dict[int, list[int]] = {}  # per video: frame position -> timestamp
         for p, info in zip(self.paths, self.infos, strict=True):
             lo, hi = int(frame_range[0] * info.frames), int(frame_range[1] * info.frames)
             if hi - lo < clip_len:
@@ -101,7 +102,8 @@ class VideoClips(Dataset):
             finally:
                 container.close()
             ok = None not in pts and len(set(pts)) == len(pts) == self.infos[video].frames
-            self._orders[video] = {p: i for i, p in enumerate(sorted(pts))} if ok else None
+            self._pts[video] = sorted(pts) if ok else []
+            self._orders[video] = {p: i for i, p in enumerate(self._pts[video])} if ok else None
         return self._orders[video]
 
     def _decode_from(self, video: int, wanted: list[int], order: dict[int, int] | None) -> dict[int, np.ndarray] | None:
@@ -112,8 +114,7 @@ class VideoClips(Dataset):
         try:
             stream = container.streams.video[0]
             if order is not None:
-                first = next(p for p, i in order.items() if i == wanted[0])
-                container.seek(first, stream=stream, backward=True)
+                container.seek(self._pts[video][wanted[0]], stream=stream, backward=True)
             for n, frame in enumerate(container.decode(stream)):
                 idx = n if order is None else order.get(frame.pts)
                 if idx is None or (order is not None and not out and idx > wanted[0]):
