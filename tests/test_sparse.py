@@ -124,3 +124,100 @@ def test_tune_sparse_meets_a_measured_budget_and_each_move_improves_the_measured
     assert (err, cost) == pytest.approx((end["error"], end["cost"]))
     with pytest.raises(ValueError, match="sparse student"):
         dd.tune_sparse(dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="full")), clips, budget=0.5)
+
+
+def _moves_once(frames: int = 4) -> torch.Tensor:
+    """A (T, 1, 4, 8, 8) clip: frame 1 changes a 2x2 patch, later frames repeat frame 1."""
+    torch.manual_seed(3)
+    x = torch.randn(1, 4, 8, 8).repeat(frames, 1, 1, 1)
+    x[1:, :, 2:4, 2:4] += 2.0
+    return x.unsqueeze(1)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "sparse_running"])
+def test_a_running_reference_pays_once_for_a_pixel_that_moved_once(kind: str) -> None:
+    conv = nn.Conv2d(4, 6, 1)
+    model = dd.deploy(dd.convert(nn.Sequential(copy.deepcopy(conv)), dd.DeltaConfig(student=kind, targets=["0"])))
+    (_, layer), = delta_layers(model)
+    layer.student.threshold.fill_(0.5)
+    stream, paid = dd.DeltaStream(model, 8), []
+    for f in _moves_once():
+        torch.testing.assert_close(stream(f), conv(f))  # the moved patch is far above the threshold: exact
+        paid.append(layer.student.measured_macs())
+    patch = 4 * ConvGeometry.of(conv).macs((1, 1))
+    # keyframe reference: the patch differs from the keyframe on every frame; running: only on frame 1
+    assert paid[1:] == ([patch, patch, patch] if kind == "sparse" else [patch, 0, 0])
+
+
+def test_a_running_reference_stays_within_the_threshold_of_each_input_while_drifts_add_up() -> None:
+    torch.manual_seed(4)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    model = dd.deploy(dd.convert(nn.Sequential(copy.deepcopy(conv)), dd.DeltaConfig(student="sparse_running", targets=["0"])))
+    (_, layer), = delta_layers(model)
+    tau = 0.3
+    layer.student.threshold.fill_(tau)
+    x0 = x = torch.randn(1, 4, 10, 10)
+    stream = dd.DeltaStream(model, 100)
+    stream(x)
+    for _ in range(12):  # small drifts, each below the threshold, that add up to far more than it
+        x = x + 0.1 * torch.rand(1, 4, 10, 10)
+        out = stream(x)
+        ref = stream.caches[0]["x"]
+        assert float((x - ref).abs().mean(1).max()) <= tau + 1e-6  # never more than tau behind the truth
+        torch.testing.assert_close(out, conv._conv_forward(ref, conv.weight, conv.bias))  # z is W x_ref + b
+    assert float((stream.caches[0]["x"] - x0).abs().mean()) > tau  # the reference did move with the input
+
+
+@pytest.mark.parametrize("conv,count", [(nn.Conv2d(4, 6, 1), 3 * 6), (nn.Conv2d(4, 6, 3, padding=1), (9 + 9 + 4) * 6),
+                                        (nn.Conv2d(4, 8, 3, padding=1, groups=4), (9 + 9 + 4) * 2),
+                                        (nn.Conv2d(4, 6, 3, stride=2, padding=1), (1 + 4 + 1) * 6)])
+def test_element_macs_count_each_nonzero_times_the_weights_that_reach_an_output(conv: nn.Conv2d, count: int) -> None:
+    from deltadistill.students import element_macs
+    mask = torch.zeros(1, 4, 6, 6, dtype=torch.bool)
+    mask[0, 0, 2, 2] = mask[0, 3, 3, 3] = True  # interior: 9 windows with a 3x3 kernel (1 and 4 at stride 2)
+    mask[0, 1, 0, 0] = True  # a corner: 4 windows with padding 1 (1 at stride 2)
+    geo = ConvGeometry.of(conv)
+    full = geo.cout // geo.groups * geo.cin * geo.kernel[0] * geo.kernel[1] * 36 // geo.stride[0] ** 2
+    if conv.padding == (1, 1):  # padding: 5x5 of the 6x6 input sees all 9 taps, the border fewer
+        full = {1: (16 * 9 + 16 * 6 + 4 * 4) * 4, 2: (4 * 9 + 4 * 6 + 1 * 4) * 4}[geo.stride[0]] * (geo.cout // geo.groups)
+    want = count * geo.macs((6, 6)) / full  # scaled so that a full input costs the dense conv's MACs
+    assert float(element_macs(mask, geo)) == pytest.approx(want)
+    assert float(element_macs(torch.ones_like(mask), geo)) == pytest.approx(geo.macs((6, 6)))
+
+
+def test_element_student_drops_single_channels_and_is_exact_at_threshold_zero() -> None:
+    from deltadistill.students import ElementSparseStudent
+    torch.manual_seed(5)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    student = ElementSparseStudent.from_teacher(conv, dd.DeltaConfig(), threshold=0.0)
+    d = torch.randn(1, 4, 8, 8)
+    torch.testing.assert_close(student(d), conv._conv_forward(d, conv.weight, None))
+    assert student.measured_macs() == ConvGeometry.of(conv).macs((8, 8))
+    d[:, 1] *= 1e-3  # one channel barely moves: only it is dropped, at every pixel
+    student.threshold.fill_(0.01)
+    kept = d.clone()
+    kept[:, 1] = torch.where(kept[:, 1].abs() > 0.01, kept[:, 1], 0)
+    torch.testing.assert_close(student(d), conv._conv_forward(kept, conv.weight, None))
+    assert student.measured_macs() < ConvGeometry.of(conv).macs((8, 8)) * 0.8
+
+
+@pytest.mark.parametrize("kind", ["sparse_running", "sparse_element_running"])
+def test_running_students_stream_alike_trainable_and_deployed_and_survive_save_load(kind: str, tiny: nn.Module,
+                                                                                    tmp_path) -> None:
+    teacher = trained_bn(tiny)
+    model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student=kind))
+    for _, layer in delta_layers(model):
+        layer.students[kind].threshold.fill_(0.05)
+    frames = make_video(frames=6, size=32, seed=2)
+    trainable = dd.DeltaStream(model, 8)
+    want = [trainable(f) for f in frames]
+    deployed = dd.deploy(copy.deepcopy(model))
+    stream = dd.DeltaStream(deployed, 8)
+    for f, w in zip(frames, want, strict=True):
+        torch.testing.assert_close(stream(f), w, atol=1e-4, rtol=1e-4)
+    dd.save(deployed, tmp_path / "m")
+    loaded = dd.load(copy.deepcopy(teacher), tmp_path / "m")
+    assert {layer.student.name for _, layer in delta_layers(loaded)} == {kind}
+    again = dd.DeltaStream(loaded, 8)
+    for f, w in zip(frames, want, strict=True):
+        torch.testing.assert_close(again(f), w, atol=1e-4, rtol=1e-4)

@@ -62,8 +62,13 @@ class DeltaLayer(nn.Module):
             raise RuntimeError("stream mode needs state: run frames through deltadistill.DeltaStream")
         return self.cache
 
-    def _stream_from_keyframe(self, x: Tensor, g: Callable[[Tensor], Tensor]) -> Tensor:
-        """Stream mode that keeps the keyframe's input and output: ``z_t = z_k + g(x_t - x_k)``."""
+    def _stream_from_keyframe(self, x: Tensor, g: Callable[[Tensor], Tensor],
+                              running: Student | None = None) -> Tensor:
+        """Stream mode that keeps the keyframe's input and output: ``z_t = z_k + g(x_t - x_k)``.
+
+        With a ``running`` student (`Student.running`), the kept input and output move by what it
+        computed on each delta frame, so the next delta is taken from there, not from the keyframe.
+        """
         cache = self._cache()
         key_idx, delta_idx = self._key_split(x)
         if key_idx is None and delta_idx is None:  # all keyframes
@@ -77,13 +82,22 @@ class DeltaLayer(nn.Module):
                              f"now {tuple(x.shape)}; call reset() before changing resolution or batch")
         if key_idx is None:  # all delta frames
             y = g(x - cache["x"])
+            if running is not None:
+                cache["x"].add_(running.sent())
+                return cache["z"].add_(y).clone()
             return y.add_(cache["z"]) if not y.requires_grad else y + cache["z"]
         z = torch.empty_like(cache["z"])
         zk_new = self.base(x[key_idx])
         z[key_idx] = zk_new
         cache["x"][key_idx] = x[key_idx]
         cache["z"][key_idx] = zk_new
-        z[delta_idx] = cache["z"][delta_idx] + g(x[delta_idx] - cache["x"][delta_idx])
+        y = g(x[delta_idx] - cache["x"][delta_idx])
+        if running is not None:
+            cache["x"][delta_idx] += running.sent()
+            cache["z"][delta_idx] += y
+            z[delta_idx] = cache["z"][delta_idx]
+        else:
+            z[delta_idx] = cache["z"][delta_idx] + y
         return z
 
     def _key_split(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -206,7 +220,11 @@ class DeltaConv2d(DeltaLayer):
         return torch.cat([zk.unsqueeze(1), rest], 1).flatten(0, 1)
 
     def _stream(self, x: Tensor) -> Tensor:
-        return self._stream_from_keyframe(x, self.predict_delta)
+        running = None
+        if self.gate is None or not self.training:
+            student = self.students[self.chosen()]
+            running = student if student.running else None
+        return self._stream_from_keyframe(x, self.predict_delta, running)
 
 
 class DeployedDeltaConv2d(DeltaLayer):
@@ -240,7 +258,7 @@ class DeployedDeltaConv2d(DeltaLayer):
         if self.mode != "stream":
             raise ValueError(f"a deployed layer runs in 'teacher' or 'stream' mode, not {self.mode!r}")
         if not self.student.linear:  # g(x_t) - g(x_k) != g(x_t - x_k): keep x_k and z_k instead of c
-            return self._stream_from_keyframe(x, self.student)
+            return self._stream_from_keyframe(x, self.student, self.student if self.student.running else None)
         cache = self._cache()
         key_idx, delta_idx = self._key_split(x)
         if key_idx is None and delta_idx is None:

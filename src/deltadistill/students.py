@@ -49,6 +49,9 @@ class Student(nn.Module):
     linear: ClassVar[bool] = True
     #: True for a student whose MACs depend on the delta it sees (see `measured_macs`).
     data_dependent: ClassVar[bool] = False
+    #: True for a student whose reference moves with what it computed (see `RunningSparseStudent`):
+    #: after each delta frame the layer adds `sent` to its stored input and the output to ``z``.
+    running: ClassVar[bool] = False
 
     @classmethod
     def unsupported_reason(cls, conv: nn.Conv2d, config: DeltaConfig) -> str | None:
@@ -300,6 +303,10 @@ class PooledStudent(Student):
         return self.geo.macs(((in_hw[0] + 1) // 2, (in_hw[1] + 1) // 2))
 
 
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def pixel_scores(delta: Tensor, weights: Tensor | None = None) -> Tensor:
     """How much each pixel moved: mean ``|delta|`` over channels, (B, 1, H, W).
 
@@ -380,9 +387,82 @@ class SparseStudent(Student):
 
     def forward(self, delta: Tensor) -> Tensor:
         mask = self.score(delta) > self.threshold
-        share = computed_share(mask, self.geo)
-        self.__dict__["last_macs"] = round(float(share.mean()) * self.geo.macs((delta.shape[-2], delta.shape[-1])))
-        return self.conv(delta * mask.to(delta.dtype))
+        if not _tracing():  # a traced graph (ONNX export, torch.compile) has no Python side to record into
+            share = computed_share(mask, self.geo)
+            self.__dict__["last_macs"] = round(float(share.mean()) * self.geo.macs((delta.shape[-2], delta.shape[-1])))
+        sent = delta * mask.to(delta.dtype)
+        self.__dict__["last_sent"] = sent
+        return self.conv(sent)
 
     def macs(self, in_hw: tuple[int, int]) -> int:
         return round(float(self.density) * self.geo.macs(in_hw))
+
+
+@register_student
+class RunningSparseStudent(SparseStudent):
+    """`SparseStudent` with a reference that moves: per pixel, the input the conv last used.
+
+    Why: measured against the keyframe, a pixel that moved once keeps being recomputed on every
+    frame up to the next keyframe. Here, as in DeltaCNN's accumulated buffers, the layer adds what
+    it computed to its stored input and output (``x_ref += sent``, ``z_ref += W sent``), so a delta
+    frame pays only for the pixels that moved since they were last computed, and each pixel's input
+    stays within the threshold of the truth, as with the keyframe reference. The keyframe still
+    resets both exactly.
+    """
+
+    name = "sparse_running"
+    running = True
+
+    def sent(self) -> Tensor:
+        """The part of the last delta this student computed (what the reference must move by)."""
+        return self.__dict__["last_sent"]
+
+
+def element_macs(mask: Tensor, geo: ConvGeometry) -> Tensor:
+    """Per image, the MACs of ``geo``'s conv applied to an input whose nonzeros are ``mask`` (B,).
+
+    Each nonzero input element is multiplied by every weight that reaches an output from it: per
+    output position, the nonzeros in its window, times the outputs per group. Scaled so that an
+    input with no zeros costs the dense conv's MACs, which count the padding too: ratios against
+    the teacher's MACs then compare like with like.
+    """
+    count = mask.to(torch.float32).sum(1, keepdim=True)
+    window = count.new_ones(1, 1, *geo.kernel)
+    t, b, left, r = geo.pad
+
+    def reach(c: Tensor) -> Tensor:
+        return F.conv2d(F.pad(c, (left, r, t, b)), window, stride=geo.stride, dilation=geo.dilation).sum((1, 2, 3))
+
+    exact = reach(count) * (geo.cout // geo.groups)
+    full = float(reach(torch.full_like(count[:1], geo.cin))) * (geo.cout // geo.groups)
+    return exact * (geo.macs((mask.shape[-2], mask.shape[-1])) / full)
+
+
+@register_student
+class ElementSparseStudent(SparseStudent):
+    """`SparseStudent` that drops single delta *elements* (one channel at one pixel) whose ``|delta|``
+    is at most ``threshold``, not whole pixels: the sparsity of Event Neural Networks and of ResQ's
+    quantised residuals. Costs the MACs a sparse conv needs for the nonzeros left (`element_macs`);
+    a dense runtime does not see that saving (see BENCHMARKS.md).
+    """
+
+    name = "sparse_element"
+
+    def forward(self, delta: Tensor) -> Tensor:
+        mask = delta.abs() > self.threshold
+        if not _tracing():
+            self.__dict__["last_macs"] = round(float(element_macs(mask, self.geo).mean()))
+        sent = delta * mask.to(delta.dtype)
+        self.__dict__["last_sent"] = sent
+        return self.conv(sent)
+
+
+@register_student
+class RunningElementSparseStudent(ElementSparseStudent):
+    """`ElementSparseStudent` with the moving reference of `RunningSparseStudent`."""
+
+    name = "sparse_element_running"
+    running = True
+
+    def sent(self) -> Tensor:
+        return self.__dict__["last_sent"]

@@ -41,6 +41,7 @@ from ..modes import delta_layers, mode
 from ..students import (
     STUDENTS,
     CompressedStudent,
+    RunningSparseStudent,
     SparseStudent,
     channel_weights,
     pixel_scores,
@@ -300,14 +301,16 @@ def calibrate(model: nn.Module, data: Any, *, budget: float, clips: int = 16,
 
 @torch.no_grad()
 def sparsify(model: nn.Module, data: Any, *, level: float = 0.02, clips: int = 8,
-             weighted: bool = False) -> CalibrationResult:
+             weighted: bool = False, running: bool = False, element: bool = False) -> CalibrationResult:
     """Give every delta layer a `SparseStudent` whose threshold is ``level`` times the layer's mean
     ``|input|`` on the keyframes of ``clips`` clips of ``data``: one knob, no search.
 
     Measured on centernet (BENCHMARKS.md, "uniform sparse"): at 0.02 its delta frames recover 96-99%
     of the heatmap's change and beat repeating keyframes at equal MACs, at about 1.4x fewer MACs.
     ``weighted``: score pixels by a mean over channels weighted by the teacher weights each feeds
-    (`students.pixel_scores`), and scale thresholds by the same weighted mean.
+    (`students.pixel_scores`), and scale thresholds by the same weighted mean. ``running``: the
+    `RunningSparseStudent` kind, whose reference moves with what it computed, so a delta frame pays
+    only for what moved since the last frame, not since the keyframe.
     """
     if level < 0:
         raise ValueError(f"level is a share of each layer's mean |input|, >= 0; got {level}")
@@ -338,7 +341,8 @@ def sparsify(model: nn.Module, data: Any, *, level: float = 0.02, clips: int = 8
     result = CalibrationResult(budget=None, cost=None, clips=len(items), objective="uniform")
     for n, m in layers.items():
         tau = level * scale[n] / len(items)
-        student = SparseStudent.from_teacher(m.base, config, threshold=tau, weighted=weighted)
-        m.set_students({"sparse": student.to(m.base.weight.device)})
-        result.layers.append(LayerChoice(n, "sparse", None, m.teacher_macs(), m.teacher_macs(), 1.0, tau))
+        kind = STUDENTS["sparse" + ("_element" if element else "") + ("_running" if running else "")]
+        student = kind.from_teacher(m.base, config, threshold=tau, weighted=weighted)
+        m.set_students({kind.name: student.to(m.base.weight.device)})
+        result.layers.append(LayerChoice(n, kind.name, None, m.teacher_macs(), m.teacher_macs(), 1.0, tau))
     return result
