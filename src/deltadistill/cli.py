@@ -1,4 +1,4 @@
-"""The `deltadistill` command: distill, bench, demo. Thin: each command calls the Python API."""
+"""The `deltadistill` command: distill, bench, demo, export, run. Thin: each command calls the Python API."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a missing model: one clear line, no traceback."""
     from deltadistill.teachers import TeacherFetchError
 
-    return (*USER_ERRORS, TeacherFetchError)
+    from deltadistill.runtime import ExportError
+
+    return (*USER_ERRORS, TeacherFetchError, ExportError, FileExistsError)
 
 
 def _fail(e: BaseException) -> None:
@@ -184,6 +186,83 @@ def bench(
     if json_out:
         write_json(json_out, report)
         typer.echo(f"report: {json_out}")
+
+
+def _load_for_run(model: Optional[Path], teacher: Optional[str]):
+    """(teacher module, teacher name, deployed delta model or None) for `export` and `run`."""
+    from deltadistill.bench import load_delta_model
+    from deltadistill.runtime.resolve import is_export, pick_teacher
+    from deltadistill.teacher_resolve import resolve_teacher
+
+    name = pick_teacher(model, teacher)
+    t = resolve_teacher(name)
+    m = load_delta_model(t, model) if model is not None and not is_export(model) else None
+    return t, name, m
+
+
+@app.command()
+def export(
+    model: Path = typer.Option(..., help="model directory written by distill/demo/save"),
+    out: Path = typer.Option(..., help="output directory: keyframe.onnx, delta.onnx, manifest.json"),
+    teacher: Optional[str] = typer.Option(None, help="teacher name (default: the one the model records)"),
+    keyframe_interval: int = typer.Option(4, min=1, help="interval the manifest suggests to runners"),
+    force: bool = typer.Option(False, "--force", help="replace a non-empty --out"),
+) -> None:
+    """Two ONNX graphs (keyframe, delta frame) with the stream state as named inputs and outputs."""
+    from deltadistill.runtime.resolve import export_dir
+
+    try:
+        t, name, m = _load_for_run(model, teacher)
+        if m is None:
+            raise ValueError(f"{model} is already an export")
+        meta = {"teacher": name, "task": getattr(t, "task", None),
+                "value_range": float(getattr(t, "input_range", 1.0))}
+        export_dir(m, out, force=force, input_size=tuple(t.input_size), keyframe_interval=keyframe_interval,
+                   meta=meta)
+    except _user_errors() as e:
+        _fail(e)
+        return
+    typer.echo(f"exported: {out} (keyframe.onnx, delta.onnx, manifest.json)")
+
+
+@app.command()
+def run(
+    video: Path = typer.Option(..., help="video to run on (any format ffmpeg reads)"),
+    model: Optional[Path] = typer.Option(None, help="a model directory (distill/demo/save) or an export; "
+                                         "without it, the plain teacher"),
+    teacher: Optional[str] = typer.Option(None, help="teacher name (default: the one the model records)"),
+    out: Optional[Path] = typer.Option(None, help="annotated mp4"),
+    jsonl: Optional[Path] = typer.Option(None, help="one JSON line per frame"),
+    backend: str = typer.Option("torch", help="torch or onnxruntime (exports a checkpoint once, into MODEL/onnx)"),
+    keyframe_interval: int = typer.Option(4, min=1),
+    threads: int = typer.Option(0, help="threads (0: the backend's default)"),
+) -> None:
+    """Run a delta model (or its teacher) over a video: annotated mp4, JSON lines, frames/s, MACs/frame."""
+    from deltadistill.runtime.resolve import cached_export, is_export
+    from deltadistill.runtime.run import BACKENDS, run_video
+
+    try:
+        if backend not in BACKENDS:
+            raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        t, name, m = _load_for_run(model, teacher)
+        onnx_dir = None
+        if backend == "onnxruntime":
+            if model is None:
+                raise ValueError("--backend onnxruntime runs an exported delta model: give --model")
+            onnx_dir = model if is_export(model) else cached_export(
+                m, model, input_size=tuple(t.input_size), keyframe_interval=keyframe_interval,
+                meta={"teacher": name, "task": getattr(t, "task", None)})
+        elif model is not None and m is None:
+            raise ValueError(f"{model} is an ONNX export: run it with --backend onnxruntime")
+        summary = run_video(t, video, model=m, onnx_dir=onnx_dir, keyframe_interval=keyframe_interval,
+                            out=out, jsonl=jsonl, threads=threads or None)
+    except _user_errors() as e:
+        _fail(e)
+        return
+    typer.echo(summary.line())
+    for path in (summary.out, summary.jsonl):
+        if path:
+            typer.echo(f"wrote {path}")
 
 
 def _calibration_clips(teacher, video: Path, start: int, videos: Optional[list[Path]], k: int):

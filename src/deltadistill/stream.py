@@ -92,20 +92,27 @@ class DeltaStream:
     def __call__(self, frame: Tensor):
         self._check(frame)
         key = self.key_mask(frame)
+        out = self.step_with(frame, key, self.caches, self.aware_caches)
+        self.shape = frame.shape
+        self.last_key = key
+        self.step += 1
+        return out
+
+    def step_with(self, frame: Tensor, key: bool | Tensor, caches: list[dict], aware_caches: list[dict]):
+        """Run one frame with the given per-layer state (mutated in place); no policy, no step count.
+
+        `runtime.export` traces this with the state as graph inputs and outputs.
+        """
         # Per-frame state goes straight into each module's __dict__: nn.Module.__setattr__ checks for
         # parameters, buffers and submodules on every assignment, which cost ~1.5 ms a frame on selfie.
-        for state, cache in zip(self.layer_states, self.caches, strict=True):  # no module-tree walk
+        for state, cache in zip(self.layer_states, caches, strict=True):  # no module-tree walk
             state["mode"], state["cache"], state["key"] = "stream", cache, key
-        for state, cache in zip(self.aware_states, self.aware_caches, strict=True):
+        for state, cache in zip(self.aware_states, aware_caches, strict=True):
             state["stream_state"] = {"key": key, "cache": cache}
         try:
-            out = self.runner(frame)
+            return self.runner(frame)
         finally:
             for state in self.layer_states:
                 state["cache"] = None
             for state in self.aware_states:
                 state["stream_state"] = None
-        self.shape = frame.shape
-        self.last_key = key
-        self.step += 1
-        return out

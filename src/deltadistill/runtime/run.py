@@ -1,0 +1,168 @@
+"""The everyday job: run a delta model (or its teacher) over a video, write what it sees.
+
+One JSON line per frame (detections as boxes in source-video pixels, labels and scores; masks as
+COCO run-length encoding at the model's input size), an annotated mp4, and a summary with the
+measured frames per second and MACs per frame.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..files import atomic_write, check_output_file
+from ..macs import count_macs, has_measured_macs, measured_delta_macs
+from ..modes import delta_layers
+from ..stream import DeltaStream
+from ..tasks import DETECTION_SCORE_THRESHOLD, task_for
+from ..video import VideoWriter, fit_frame, iter_frames, video_info
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+@dataclass
+class RunSummary:
+    frames: int
+    keyframes: int
+    seconds: float
+    fps: float
+    macs_per_frame: float | None
+    teacher_macs_per_frame: int
+    macs_measured: bool
+    backend: str
+    out: str | None
+    jsonl: str | None
+
+    def line(self) -> str:
+        macs = ("MACs per frame not measured by onnxruntime" if self.macs_per_frame is None else
+                f"{self.macs_per_frame / 1e9:.2f} GMAC per frame ({'measured, ' if self.macs_measured else ''}"
+                f"teacher {self.teacher_macs_per_frame / 1e9:.2f}, "
+                f"{self.teacher_macs_per_frame / max(self.macs_per_frame, 1):.2f}x fewer)")
+        return (f"{self.frames} frames ({self.keyframes} keyframes) in {self.seconds:.1f} s: {self.fps:.2f} frames/s "
+                f"on {self.backend}; {macs}")
+
+
+def frame_record(task_kind: str, i: int, key: bool, pred: Any, box, class_names: list[str] | None) -> dict:
+    """One JSON line: detections in source pixels, or a mask as COCO RLE (at the model's input size)."""
+    rec: dict[str, Any] = {"frame": i, "keyframe": bool(key)}
+    if task_kind == "detection":
+        keep = pred["scores"] >= DETECTION_SCORE_THRESHOLD
+        boxes = box.to_source(pred["boxes"][keep])
+        names = class_names or []
+        rec["detections"] = [
+            {"box": [round(float(v), 1) for v in b], "label": names[int(c)] if int(c) < len(names) else int(c),
+             "score": round(float(s), 4)}
+            for b, c, s in zip(boxes, pred["labels"][keep], pred["scores"][keep], strict=True)]
+    else:
+        from pycocotools import mask as mask_utils
+
+        m = np.asfortranarray((np.asarray(pred) >= 0.5).astype(np.uint8))
+        rle = mask_utils.encode(m)
+        rec["mask"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii"),
+                       "foreground": round(float(m.mean()), 4)}
+    return rec
+
+
+def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None = None,
+              onnx_dir: str | Path | None = None, keyframe_interval: int = 4,
+              out: str | Path | None = None, jsonl: str | Path | None = None,
+              progress: bool = True, threads: int | None = None,
+              on_frame: Callable[[int, dict], None] | None = None) -> RunSummary:
+    """Run ``model`` (a deployed delta model; the plain ``teacher`` when None) or the exported graphs
+    in ``onnx_dir`` over ``video`` and write ``out`` (mp4) and ``jsonl``. Outputs appear only complete.
+    """
+    for path, what in ((out, "output video"), (jsonl, "JSONL output")):
+        if path is not None:
+            check_output_file(path, what)
+    if threads:
+        torch.set_num_threads(threads)
+    task = task_for(teacher)
+    kind = getattr(teacher, "task", "segmentation")
+    size = tuple(teacher.input_size)
+    info = video_info(video)
+    backend = "onnxruntime" if onnx_dir is not None else "torch"
+    if onnx_dir is not None:
+        from .onnx_stream import OnnxStream
+
+        stream: Any = OnnxStream(onnx_dir, keyframe=keyframe_interval, threads=threads)
+        teacher_macs = int(stream.manifest.get("macs", {}).get("teacher") or _teacher_macs(teacher, size))
+    else:
+        net = model if model is not None else teacher
+        if list(delta_layers(net)):
+            stream = DeltaStream(net, keyframe_interval)
+            report = count_macs(net, (3, *size), keyframe_interval)
+            teacher_macs = report.teacher
+        else:
+            stream = None
+            teacher_macs = _teacher_macs(net, size)
+    measured = onnx_dir is None and stream is not None and has_measured_macs(stream.model)
+    records: list[dict] = []
+    total_macs, keys, n = 0.0, 0, 0
+    writer = VideoWriter(out, fps=info.fps).__enter__() if out else None
+    bar = tqdm(total=info.frames, unit="frame", disable=not progress, desc=f"run ({backend})")
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad():
+            for i, raw in enumerate(iter_frames(video)):
+                frame, box = fit_frame(raw, size, "letterbox")
+                x = teacher.preprocess(frame[None]).contiguous(memory_format=torch.channels_last)
+                if stream is None:
+                    y, key = teacher(x), True
+                else:
+                    y = stream(x)
+                    key = bool(stream.last_key) if isinstance(stream.last_key, bool) else bool(stream.last_key.all())
+                pred = task.single(teacher.postprocess(y))
+                keys += key
+                if measured:
+                    total_macs += teacher_macs if key else measured_delta_macs(stream.model, report)
+                elif stream is None:
+                    total_macs += teacher_macs
+                rec = frame_record(kind, i, key, pred, box, getattr(teacher, "class_names", None))
+                records.append(rec)
+                if on_frame is not None:
+                    on_frame(i, rec)
+                if writer is not None:
+                    writer.write(task.draw(frame, pred))
+                n += 1
+                bar.update(1)
+    except BaseException as e:
+        if writer is not None:
+            writer.__exit__(type(e), e, None)
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    if writer is not None:
+        writer.__exit__(None, None, None)
+    if jsonl is not None:
+        atomic_write(Path(jsonl), lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))
+    if measured or stream is None:
+        per_frame: float | None = total_macs / max(n, 1)
+    elif onnx_dir is None:
+        per_frame = float(report.amortised)
+    else:  # onnxruntime cannot measure a sparse student's cost; a fixed-cost model's is in the manifest
+        macs = stream.manifest.get("macs", {})
+        per_frame = None if macs.get("data_dependent", True) else macs.get("amortised")
+    return RunSummary(n, keys, seconds, n / max(seconds, 1e-9), per_frame, teacher_macs, measured or stream is None,
+                      backend, str(out) if out else None, str(jsonl) if jsonl else None)
+
+
+def _teacher_macs(net: nn.Module, size: tuple[int, ...]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        net(torch.zeros(1, 3, *size))
+    return fc.get_total_flops() // 2
+
+
+def summary_dict(s: RunSummary) -> dict:
+    return asdict(s)

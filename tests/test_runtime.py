@@ -1,0 +1,192 @@
+"""ONNX export (keyframe and delta graphs with the state outside), the onnxruntime stream, and `deltadistill run`."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import deltadistill as dd
+from deltadistill import teachers
+from deltadistill.demo import PLANS
+from deltadistill.modes import delta_layers
+from deltadistill.runtime import export_onnx, read_manifest
+from deltadistill.runtime.onnx_stream import OnnxStream
+from deltadistill.video import VideoClips, VideoWriter, default_videos, iter_frames
+
+from .conftest import make_video
+from .test_demo import cli
+
+
+def demo_like_model(name: str) -> torch.nn.Module:
+    """The model `make demo` ships for ``name``: sparse students at the plan's level, set on the plan's videos."""
+    teacher, plan, videos = teachers.load(name), PLANS[name], default_videos()
+    clips = VideoClips([videos[v] for v in plan.train_videos], clip_len=3, max_interval=plan.keyframe_interval - 1,
+                       size=tuple(teacher.input_size), value_range=teacher.input_range, seed=1, fit="letterbox")
+    model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse"))
+    dd.sparsify(model, clips, level=plan.sparse_level)
+    return dd.deploy(model)
+
+
+def bikes(teacher, n: int, start: int = 150) -> list[torch.Tensor]:
+    frames = iter_frames(default_videos()["bikes"], size=tuple(teacher.input_size), start=start, stop=start + n)
+    return [teacher.preprocess(f[None]) for f in frames]
+
+
+def assert_same_stream(model: torch.nn.Module, onnx_dir: Path, frames: list[torch.Tensor], k: int,
+                       flips: bool = False) -> int:
+    """Torch and onnxruntime over the same frames agree to 1e-4 of each output's scale, beyond what
+    onnxruntime already loses on the teacher itself (the keyframe graph run on that frame, or on the
+    last keyframe, whose features a delta frame builds on).
+
+    That floor is not ours: on selfie, the plain teacher exported differs from torch by up to 9e-4 at
+    a few dozen of 65536 pixels (torch fp32 against fp64: 1.2e-4; onnxruntime against fp64: 8e-4).
+
+    ``flips``: sparse students compare each pixel's score with a threshold, and that float noise
+    flips the few pixels that sit on it (up to 5e-4 on selfie). Then fewer than 0.1% of the outputs
+    may exceed the bound, none by more than 2e-3 of the scale: a wrong state would move them all.
+    """
+    torch_stream, ort_stream = dd.DeltaStream(model, k), OnnxStream(onnx_dir, keyframe=k)
+    teacher = copy.deepcopy(model)
+    keys, key_floor = 0, []
+    for x in frames:
+        want, got = torch_stream(x), ort_stream(x)
+        want = want if isinstance(want, tuple) else (want,)
+        got = got if isinstance(got, tuple) else (got,)
+        with torch.no_grad(), dd.modes.mode(teacher, "teacher"):
+            plain = teacher(x)
+        plain = plain if isinstance(plain, tuple) else (plain,)
+        plain_ort = ort_stream.key_session.run(None, {"frame": x.numpy()})[:len(plain)]
+        assert ort_stream.last_key == torch_stream.last_key
+        keys += bool(ort_stream.last_key)
+        floors = [float((p - torch.from_numpy(po)).abs().max()) for p, po in zip(plain, plain_ort, strict=True)]
+        if ort_stream.last_key:
+            key_floor = floors
+        for w, g, f, kf in zip(want, got, floors, key_floor, strict=True):
+            scale = max(1.0, float(w.abs().max()))  # float32 sums: box sizes in pixels reach ~400
+            err = (w - g).abs()
+            bound = max(f, kf) + 1e-4 * scale
+            if flips:
+                assert float((err > bound).float().mean()) < 1e-3 and float(err.max()) <= 2e-3 * scale
+            else:
+                assert float(err.max()) <= bound
+    return keys
+
+
+@pytest.mark.parametrize("name", ["selfie", "centernet"])
+def test_exported_demo_model_matches_the_torch_stream_over_30_frames(name: str, tmp_path: Path) -> None:
+    model = demo_like_model(name)
+    teacher = teachers.load(name)
+    export_onnx(model, tmp_path, input_size=tuple(teacher.input_size), keyframe_interval=4, meta={"teacher": name})
+    manifest = read_manifest(tmp_path)
+    delta_inputs = [i.name for i in onnx.load(str(tmp_path / "delta.onnx"), load_external_data=False).graph.input]
+    assert delta_inputs == ["frame", *[s["name"] for s in manifest["state"]]]
+    assert manifest["teacher"] == name and manifest["macs"]["data_dependent"] is True
+    # a sparse student keeps its keyframe's input and output: two state tensors per layer
+    assert len(manifest["state"]) == 2 * len(list(delta_layers(model)))
+    assert assert_same_stream(model, tmp_path, bikes(teacher, 30), k=4, flips=True) == 8
+
+
+def test_exported_graph_that_skips_zero_students_stays_exact(tmp_path: Path) -> None:
+    teacher = teachers.load("selfie")
+    model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="compressed", reduction=4))
+    layers = list(delta_layers(model))
+    for _, layer in layers[len(layers) // 2:]:  # the second half repeats its keyframe output: skipped work
+        layer.set_students({"zero": dd.STUDENTS["zero"].from_teacher(layer.base, model.delta_report.config)})
+    dd.deploy(model)
+    skipped = dd.DeltaStream(model, 4)
+    frames = bikes(teacher, 6)
+    skipped(frames[0])
+    skipped(frames[1])
+    assert any(c for c in skipped.aware_caches), "the graph should cache its static border on a keyframe"
+    export_onnx(model, tmp_path, input_size=tuple(teacher.input_size))
+    names = [s["name"] for s in read_manifest(tmp_path)["state"]]
+    assert any(n.startswith("state.graph") for n in names)  # the cached border travels as state
+    assert any(n.endswith(".c") for n in names)  # linear students keep only c = z_k - g(x_k)
+    assert assert_same_stream(model, tmp_path, frames, k=4) == 2
+
+
+def test_running_students_export_with_their_moving_reference(tiny, tmp_path: Path) -> None:
+    model = dd.convert(copy.deepcopy(tiny), dd.DeltaConfig(student="sparse_running"))
+    for _, layer in delta_layers(model):
+        layer.students["sparse_running"].threshold.fill_(0.05)
+    dd.deploy(model)
+    export_onnx(model, tmp_path, input_size=(32, 32))
+    assert assert_same_stream(model, tmp_path, make_video(frames=9, size=32, seed=4), k=8) == 2
+
+
+def _short_clip(path: Path, n: int = 10) -> Path:
+    with VideoWriter(path, fps=25) as w:
+        for f in iter_frames(default_videos()["bikes"], start=200, stop=200 + n):
+            w.write(f)
+    return path
+
+
+@pytest.fixture(scope="module")
+def selfie_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("selfie") / "model"
+    dd.save(demo_like_model("selfie"), out, extra={"teacher": "selfie"})
+    return out
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_run_writes_an_annotated_video_and_one_json_line_per_frame(selfie_dir: Path, tmp_path: Path,
+                                                                   backend: str) -> None:
+    clip = _short_clip(tmp_path / "clip.mp4")
+    out, lines = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    r = cli("run", "--model", str(selfie_dir), "--video", str(clip), "--out", str(out), "--jsonl", str(lines),
+            "--backend", backend, "--keyframe-interval", "4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"10 frames (3 keyframes)" in r.stdout and f"frames/s on {backend}" in r.stdout
+    assert ("GMAC per frame (measured" in r.stdout) == (backend == "torch")
+    with av.open(str(out)) as c:
+        s = c.streams.video[0]
+        assert sum(1 for _ in c.decode(video=0)) == 10 and (s.width, s.height) == (256, 256)
+    recs = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert [r["frame"] for r in recs] == list(range(10)) and [r["keyframe"] for r in recs][:5] == [True] + [False] * 3 + [True]
+    assert all(r["mask"]["size"] == [256, 256] and 0 <= r["mask"]["foreground"] <= 1 for r in recs)
+    if backend == "onnxruntime":
+        assert read_manifest(selfie_dir / "onnx")["keyframe_interval"] == 4  # exported once, beside the model
+
+
+def test_run_detections_are_in_source_pixels_and_the_teacher_runs_alone(tmp_path: Path) -> None:
+    clip = _short_clip(tmp_path / "clip.mp4", n=3)
+    lines = tmp_path / "t.jsonl"
+    r = cli("run", "--teacher", "centernet", "--video", str(clip), "--jsonl", str(lines))
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert len(recs) == 3 and all(r["keyframe"] for r in recs)
+    boxes = np.array([d["box"] for r in recs for d in r["detections"]])
+    w, h = next(iter_frames(clip)).shape[1::-1]
+    assert len(boxes) and boxes[:, [0, 2]].max() <= w + 1 and boxes[:, [1, 3]].max() <= h + 1
+    assert boxes[:, [0, 1]].min() >= -1 and all(isinstance(d["label"], str) for r in recs for d in r["detections"])
+
+
+def test_export_cli_refuses_to_overwrite_and_run_refuses_bad_input(selfie_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exp"
+    assert cli("export", "--model", str(selfie_dir), "--out", str(out)).returncode == 0
+    before = sorted(p.name for p in out.iterdir())
+    assert before == ["delta.onnx", "keyframe.onnx", "manifest.json"]
+    again = cli("export", "--model", str(selfie_dir), "--out", str(out))
+    assert again.returncode == 2 and "not empty" in again.stderr and sorted(p.name for p in out.iterdir()) == before
+    clip = _short_clip(tmp_path / "clip.mp4", n=2)
+    bad_video = tmp_path / "bad.mp4"
+    bad_video.write_bytes(b"not a video at all" * 100)
+    lines = tmp_path / "never.jsonl"
+    cases = [
+        (["--model", str(selfie_dir), "--teacher", "centernet", "--video", str(clip)], "made for teacher 'selfie'"),
+        (["--model", str(selfie_dir), "--video", str(bad_video)], "cannot read video"),
+        (["--model", str(selfie_dir), "--video", str(clip), "--out", str(tmp_path)], "is a directory"),
+        (["--model", str(out), "--video", str(clip)], "--backend onnxruntime"),
+        (["--model", str(selfie_dir), "--video", str(clip), "--backend", "tensorrt"], "--backend must be"),
+    ]
+    for args, words in cases:
+        r = cli("run", *args, "--jsonl", str(lines))
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
+        assert len(r.stderr.strip().splitlines()) == 1 and not lines.exists()
