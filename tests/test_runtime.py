@@ -143,7 +143,7 @@ def test_run_writes_an_annotated_video_and_one_json_line_per_frame(selfie_dir: P
     r = cli("run", "--model", str(selfie_dir), "--video", str(clip), "--out", str(out), "--jsonl", str(lines),
             "--backend", backend, "--keyframe-interval", "4")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"10 frames (3 keyframes)" in r.stdout and f"frames/s on {backend}" in r.stdout
+    assert "10 frames (3 keyframes)" in r.stdout and f"frames/s on {backend}" in r.stdout
     assert ("GMAC per frame (measured" in r.stdout) == (backend == "torch")
     with av.open(str(out)) as c:
         s = c.streams.video[0]
@@ -190,3 +190,15 @@ def test_export_cli_refuses_to_overwrite_and_run_refuses_bad_input(selfie_dir: P
         r = cli("run", *args, "--jsonl", str(lines))
         assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
         assert len(r.stderr.strip().splitlines()) == 1 and not lines.exists()
+
+
+def test_bench_times_the_exported_graphs_and_says_which_backend(selfie_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    r = cli("bench", "--teacher", "selfie", "--model", str(selfie_dir), "--video", str(default_videos()["bikes"]),
+            "--start", "200", "--frames", "8", "--keyframe-interval", "4", "--backend", "onnxruntime",
+            "--json", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["backend"] == "onnxruntime" and "CPU ms/frame (onnxruntime)" in r.stdout
+    assert report["macs_measured"] and report["ms_per_frame"]["delta"] > 0
+    assert 0.5 < report["accuracy"]["value"] <= 1  # the graphs' outputs were scored, not garbage

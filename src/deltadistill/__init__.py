@@ -6,6 +6,7 @@
     dd.deploy(model)                                    # hard choices, lean layers
     stream = dd.DeltaStream(model, keyframe=dd.EveryK(8))
     outputs = [stream(x) for x in frames]               # (B, 3, H, W) tensors
+    dd.export_onnx(model, "out/", input_size=(512, 512)) # keyframe.onnx + delta.onnx, state outside
 """
 
 from .checkpoint import CheckpointError, load, save
@@ -24,14 +25,18 @@ __all__ = [
     "STUDENTS", "CalibrationResult", "CheckpointError", "ConversionReport", "DeltaConfig", "DeltaConv2d", "DeltaStream",
     "DeployedDeltaConv2d", "DistillResult", "EveryK", "KeyframePolicy", "MacReport", "Student", "UnsupportedLayerError",
     "calibrate", "convert", "count_macs", "deploy", "distill", "load", "mode", "register_student", "save", "set_mode", "sparsify", "summary", "tune_sparse", "TuneResult",
+    "export_onnx", "OnnxStream", "run_video",
 ]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
     """Load the heavier subpackages (teachers, video, metrics) only when first used."""
-    if name in ("teachers", "video", "metrics", "models"):
-        import importlib
+    import importlib
 
+    if name in ("teachers", "video", "metrics", "models", "runtime"):
         return importlib.import_module(f".{name}", __name__)
+    lazy = {"export_onnx": ".runtime.export", "OnnxStream": ".runtime.onnx_stream", "run_video": ".runtime.run"}
+    if name in lazy:  # onnx and onnxscript load only when an export or onnxruntime run is asked for
+        return getattr(importlib.import_module(lazy[name], __name__), name)
     raise AttributeError(f"module 'deltadistill' has no attribute {name!r}")

@@ -8,6 +8,7 @@ accuracy against GMACs per frame over keyframe intervals and MAC budgets.
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -43,8 +44,11 @@ def load_delta_model(teacher: nn.Module, model_dir: str | Path) -> nn.Module:
 def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *, keyframe_interval: int,
                       start: int = 0, stop: int | None = None, out_video: str | Path | None = None,
                       threads: int | None = None, progress: bool = True, name: str | None = None,
-                      compile: bool = False) -> tuple[dict, Comparison]:
-    """Run both models over ``video[start:stop]``; return (report dict, per-frame comparison)."""
+                      compile: bool = False, backend: str = "torch") -> tuple[dict, Comparison]:
+    """Run both models over ``video[start:stop]``; return (report dict, per-frame comparison).
+
+    ``backend="onnxruntime"``: export both (into a temporary directory) and time the exported graphs.
+    """
     if threads:
         torch.set_num_threads(threads)
     task = task_for(teacher)
@@ -71,15 +75,25 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
             f"{now / 1e9:.2f} GMAC now, {running['g'] / (i + 1):.2f} avg",
             right_is_key=key))
 
+    if backend not in ("torch", "onnxruntime"):
+        raise ValueError(f"backend must be torch or onnxruntime, not {backend!r}")
+    if backend == "onnxruntime" and compile:
+        raise ValueError("--compile is torch.compile: it has no meaning for the onnxruntime backend")
+    tmp = tempfile.TemporaryDirectory(prefix="deltadistill-onnx-") if backend == "onnxruntime" else None
     try:
+        runners = _onnx_runners(teacher, model, Path(tmp.name), size, keyframe_interval) if tmp else None
         cmp = compare(teacher, model, iter_frames(video, size, "letterbox", start, stop),
                       keyframe_interval=keyframe_interval, preprocess=teacher.preprocess,
                       postprocess=lambda out: task.single(teacher.postprocess(out)),
-                      on_frame=on_frame, total=stop - start, progress=progress, compile=compile, macs=macs)
+                      on_frame=on_frame, total=stop - start, progress=progress, compile=compile, macs=macs,
+                      runners=runners)
     except BaseException as e:
         if writer is not None:
             writer.__exit__(type(e), e, None)
         raise
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
     if writer is not None:
         writer.__exit__(None, None, None)
     if cmp.delta_frame_macs:  # data-dependent students: count what the delta frames really cost
@@ -99,8 +113,20 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
                           accuracy, task.metric,
                           {"teacher": tc_teacher.compute(), "delta": tc_delta.compute()},
                           {"frame_range": [start, stop], "threads": torch.get_num_threads(), "compiled": compile,
+                           "backend": backend,
                            "macs_measured": bool(cmp.delta_frame_macs)})
     return report, cmp
+
+
+def _onnx_runners(teacher: nn.Module, model: nn.Module, tmp: Path, size: tuple[int, ...], k: int) -> tuple:
+    """The exported teacher and the exported delta model's stream, each on onnxruntime."""
+    from .runtime.export import export_onnx, export_plain_onnx
+    from .runtime.onnx_stream import OnnxModel, OnnxStream
+
+    threads = torch.get_num_threads()
+    export_onnx(model, tmp / "delta", input_size=tuple(size), keyframe_interval=k)
+    plain = export_plain_onnx(teacher, tmp / "teacher.onnx", tuple(size))
+    return OnnxModel(plain, threads), OnnxStream(tmp / "delta", keyframe=k, threads=threads)
 
 
 def calibrated_model(teacher: nn.Module, data: Any, budget: float, clips: int = 16,

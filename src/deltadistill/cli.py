@@ -21,9 +21,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, P
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a missing model: one clear line, no traceback."""
-    from deltadistill.teachers import TeacherFetchError
-
     from deltadistill.runtime import ExportError
+    from deltadistill.teachers import TeacherFetchError
 
     return (*USER_ERRORS, TeacherFetchError, ExportError, FileExistsError)
 
@@ -136,6 +135,7 @@ def bench(
                                                       "frames before --start)"),
     threads: int = typer.Option(0, help="torch threads for both models (0: torch's default)"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile both models (timed after compiling)"),
+    backend: str = typer.Option("torch", help="torch, or onnxruntime: export both models and time the graphs"),
 ) -> None:
     """Teacher vs delta model on the same frames, in one process: MACs, ms, speedup, accuracy, consistency."""
     from deltadistill.bench import calibrated_model, evaluate_on_video, load_delta_model, sparse_model
@@ -170,7 +170,7 @@ def bench(
                  else f"calibrated, budget {budget:g}")
         stop = start + frames if frames else None
         report, _ = evaluate_on_video(t, m, video, keyframe_interval=keyframe_interval, start=start, stop=stop,
-                                      out_video=render, name=teacher, compile=compile)
+                                      out_video=render, name=teacher, compile=compile, backend=backend)
         if sweep:
             from deltadistill.bench import sweep as run_sweep
 

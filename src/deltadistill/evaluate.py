@@ -101,6 +101,7 @@ def compare(
     progress: bool = True,
     compile: bool = False,
     macs: MacReport | None = None,
+    runners: tuple[Callable[[torch.Tensor], Any], Any] | None = None,
 ) -> Comparison:
     """Teacher (a plain model) and delta model (converted or deployed) on the same frames.
 
@@ -109,10 +110,13 @@ def compare(
     ``compile`` runs both models through ``torch.compile``; the warm-up, then two keyframe cycles
     long, absorbs the compile time and is not timed. With ``macs`` (the model's `count_macs`) and a
     model whose students' cost depends on the data, each delta frame's MACs are measured too.
+    ``runners``: ``(teacher, stream)`` to time instead, e.g. the onnxruntime pair (`runtime.onnx_stream`);
+    the torch model then runs untimed beside them only where its MACs must be measured.
     """
     measure = macs is not None and has_measured_macs(model)
     teacher, model = channels_last(teacher.eval()), channels_last(model.eval())
     stream = DeltaStream(model, EveryK(keyframe_interval), compile=compile)
+    timed_teacher, timed_stream = runners if runners is not None else (None, stream)
     if compile:  # both or neither: the ratio must compare like with like
         teacher = torch.compile(teacher)
         warmup = max(warmup, 2 * keyframe_interval + 1)  # a second keyframe may still recompile
@@ -120,11 +124,13 @@ def compare(
     for i, frame in enumerate(tqdm(frames, total=total, desc="teacher vs delta", disable=not progress)):
         x = preprocess(frame).contiguous(memory_format=torch.channels_last)
         t0 = time.perf_counter()
-        t_out = teacher(x)
+        t_out = teacher(x) if timed_teacher is None else timed_teacher(x)
         t1 = time.perf_counter()
-        d_out = stream(x)
+        d_out = timed_stream(x)
         t2 = time.perf_counter()
-        key = bool(stream.last_key)
+        key = bool(timed_stream.last_key)
+        if measure and timed_stream is not stream:  # untimed: only to count what the delta frame cost
+            stream(x)
         if key:
             key_out, teacher_key_map = d_out, first_output_map(t_out).clone()
         else:

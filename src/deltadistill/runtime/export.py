@@ -171,6 +171,31 @@ def export_onnx(model: nn.Module, out_dir: str | Path, *, input_size: tuple[int,
     return out_dir
 
 
+class _Wrapped(nn.Module):
+    """Holds the model one level down: a top-level submodule named ``graph`` (as the zoo teachers
+    have) collides with the FX GraphModule's own ``graph`` attribute during export."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Any:
+        return self.model(x)
+
+
+def export_plain_onnx(model: nn.Module, file: str | Path, input_size: tuple[int, int]) -> Path:
+    """A plain model (a teacher) as one ONNX graph ``frame -> outputs``: what a delta model is timed against."""
+    frame = torch.rand(1, 3, *input_size) * float(getattr(model, "input_range", 1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(_Wrapped(model.eval()), (frame,), dynamo=True, input_names=["frame"], optimize=True,
+                                    verbose=False)
+    if program is None:
+        raise ExportError("torch.onnx.export returned nothing")
+    program.save(str(file))
+    return Path(file)
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     file = path / MANIFEST

@@ -13,6 +13,30 @@ from ..stream import EveryK, KeyframePolicy
 from .export import read_manifest
 
 
+def session(file: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session with every graph optimisation on."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
+
+
+class OnnxModel:
+    """A plain exported model (`export_plain_onnx`) as a callable on torch tensors."""
+
+    def __init__(self, file: str | Path, threads: int | None = None) -> None:
+        self.session = session(file, threads)
+
+    def __call__(self, x: Tensor) -> Any:
+        res = self.session.run(None, {"frame": x.detach().cpu().contiguous().numpy()})
+        outs = tuple(torch.from_numpy(r) for r in res)
+        return outs if len(outs) > 1 else outs[0]
+
+
 class OnnxStream:
     """The onnxruntime twin of `DeltaStream`: call it with one frame ``(1, 3, H, W)`` at a time.
 
@@ -22,20 +46,10 @@ class OnnxStream:
 
     def __init__(self, path: str | Path, keyframe: KeyframePolicy | int | None = None,
                  threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = ["CPUExecutionProvider"]
-        self.key_session = ort.InferenceSession(str(self.path / self.manifest["keyframe_graph"]), opts,
-                                                providers=providers)
-        self.delta_session = ort.InferenceSession(str(self.path / self.manifest["delta_graph"]), opts,
-                                                  providers=providers)
+        self.key_session = session(self.path / self.manifest["keyframe_graph"], threads)
+        self.delta_session = session(self.path / self.manifest["delta_graph"], threads)
         k = keyframe if keyframe is not None else int(self.manifest["keyframe_interval"])
         self.policy: KeyframePolicy = EveryK(k) if isinstance(k, int) else k
         self.state_names = [s["name"] for s in self.manifest["state"]]

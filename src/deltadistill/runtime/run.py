@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,3 @@ def _teacher_macs(net: nn.Module, size: tuple[int, ...]) -> int:
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         net(torch.zeros(1, 3, *size))
     return fc.get_total_flops() // 2
-
-
-def summary_dict(s: RunSummary) -> dict:
-    return asdict(s)

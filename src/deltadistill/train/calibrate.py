@@ -41,7 +41,6 @@ from ..modes import delta_layers, mode
 from ..students import (
     STUDENTS,
     CompressedStudent,
-    RunningSparseStudent,
     SparseStudent,
     channel_weights,
     pixel_scores,
