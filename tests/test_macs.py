@@ -64,3 +64,18 @@ def test_summary_lists_converted_and_skipped_with_macs(tiny: TinySegNet) -> None
     assert "1.0->" in lines["same"]
     report = dd.count_macs(tiny, (3, 32, 32))
     assert f"({report.ratio:.2f}x fewer)" in text and report.layers[0].teacher == 294_912
+
+
+def test_bytes_moved_count_every_op_once_and_views_not_at_all() -> None:
+    from deltadistill.traffic import measure_traffic
+
+    conv = torch.nn.Conv2d(4, 8, 1)
+    model = dd.deploy(dd.convert(torch.nn.Sequential(conv), dd.DeltaConfig(student="full", targets=["0"])))
+    x = torch.randn(1, 4, 6, 6)
+    f = 4  # bytes per float32
+    x_b, w_b, b_b, out_b = 4 * 36 * f, 8 * 4 * f, 8 * f, 8 * 36 * f
+    tr = measure_traffic(model, x, x + 1, keyframe_interval=4)
+    assert tr.teacher == x_b + w_b + b_b + out_b  # one conv: reads input, weight, bias; writes output
+    # a delta frame of a linear student: g(x_t) (no bias) then one add of c: read g(x_t) and c, write the sum
+    assert tr.delta == (x_b + w_b + out_b) + 3 * out_b
+    assert tr.speedup_bound == pytest.approx(tr.teacher / ((tr.keyframe + 3 * tr.delta) / 4))

@@ -201,4 +201,6 @@ def test_bench_times_the_exported_graphs_and_says_which_backend(selfie_dir: Path
     report = json.loads(out.read_text())
     assert report["backend"] == "onnxruntime" and "CPU ms/frame (onnxruntime)" in r.stdout
     assert report["macs_measured"] and report["ms_per_frame"]["delta"] > 0
+    traffic = report["bytes_per_frame"]  # a sparse delta frame reads x, x_k, z_k and the masked delta
+    assert traffic["delta_mb"] > traffic["teacher_mb"] and "MB moved/frame" in r.stdout
     assert 0.5 < report["accuracy"]["value"] <= 1  # the graphs' outputs were scored, not garbage

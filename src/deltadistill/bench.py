@@ -28,6 +28,7 @@ from .macs import count_macs, has_measured_macs, measured_delta_macs
 from .report import build_report
 from .rival import rival_equal_macs
 from .tasks import task_for
+from .traffic import measure_traffic
 from .train.calibrate import calibrate, sparsify
 from .video import VideoWriter, iter_frames, side_by_side, video_info
 
@@ -109,11 +110,14 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
     accuracy["rival_equal_macs"] = rival_equal_macs(
         cmp.teacher_preds, lambda preds: task.accuracy(preds, cmp.teacher_preds)["value"], macs.teacher,
         macs.amortised, accuracy["value"])
+    two = [teacher.preprocess(f[None]) for f in iter_frames(video, size, "letterbox", start, start + 2)]
+    traffic = measure_traffic(model, two[0], two[-1], keyframe_interval) if len(two) == 2 else None
     report = build_report(name or getattr(teacher, "name", type(teacher).__name__), str(video), cmp, macs,
                           accuracy, task.metric,
                           {"teacher": tc_teacher.compute(), "delta": tc_delta.compute()},
                           {"frame_range": [start, stop], "threads": torch.get_num_threads(), "compiled": compile,
                            "backend": backend,
+                           "bytes_per_frame": traffic.as_dict() if traffic else None,
                            "macs_measured": bool(cmp.delta_frame_macs)})
     return report, cmp
 

@@ -71,9 +71,14 @@ def table(report: dict[str, Any]) -> str:
          f"(repeating keyframes, same K: {acc['hold_keyframe_baseline']:.3f})" if "hold_keyframe_baseline" in acc else ""),
         ("temporal consistency", f"{tc['teacher']:.3f}", f"{tc['delta']:.3f}", ""),
     ]
+    traffic = report.get("bytes_per_frame")
+    if traffic:
+        bound = traffic["speedup_bound"]
+        rows.insert(3, ("MB moved/frame (every op, unfused)", f"{traffic['teacher_mb']:.0f}",
+                        f"{traffic['amortised_mb']:.0f}", f"if bound by traffic: {speed_words(bound)}"))
     rival = acc.get("rival_equal_macs")
     if rival:
-        rows.insert(4, (f"rival at equal MACs (K={rival['interval']:.2f})", "", f"{rival['value']:.3f}",
+        rows.insert(next(i for i, r in enumerate(rows) if r[0] == acc["metric"]) + 1, (f"rival at equal MACs (K={rival['interval']:.2f})", "", f"{rival['value']:.3f}",
                         rival_words(acc["value"], rival)))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
