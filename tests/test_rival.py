@@ -42,3 +42,26 @@ def test_rival_equal_macs_on_a_hand_computed_case() -> None:
     assert out["margin_needed"] == pytest.approx(0.02)
     assert out["beats"] is True  # 0.5 >= 0.425 + 0.02
     assert rival_equal_macs(teacher, score, 1.3, 0.52, accuracy=0.44)["beats"] is False
+
+
+def test_rival_under_the_models_policy_is_interpolated_in_its_keyframe_share() -> None:
+    from deltadistill.rival import repeat_at_keys
+    from deltadistill.stream import keyframe_flags
+
+    preds = list(range(12))  # every frame differs from every other
+    changes = [0.0] * 12
+    changes[5] = 0.5  # a cut at frame 5
+
+    def score(p: list[int]) -> float:
+        return sum(a == b for a, b in zip(p, preds, strict=True)) / len(preds)
+
+    assert keyframe_flags(changes, 4, 0.15) == [True, False, False, False, True, True, False, False, False,
+                                                True, False, False]
+    assert repeat_at_keys(preds, keyframe_flags(changes, 4, 0.15))[:7] == [0, 0, 0, 0, 4, 5, 5]
+    # K=2: keys 0,2,4,5,7,9,11 -> 7/12 of the cost, scores 7/12; K=3: keys 0,3,5,8,11 -> 5/12, scores 5/12
+    r = rival_equal_macs(preds, score, teacher_macs=12.0, delta_amortised_macs=6.0, accuracy=0.7,
+                         keys_at=lambda k: keyframe_flags(changes, k, 0.15))
+    assert r["costs_at"] == {"1": 1.0, "2": 7 / 12, "3": 5 / 12}
+    w = (7 / 12 - 0.5) / (7 / 12 - 5 / 12)
+    assert r["value"] == pytest.approx((1 - w) * 7 / 12 + w * 5 / 12) and r["interval"] == pytest.approx(2 + w)
+    assert r["beats"] == (0.7 >= r["value"] + r["margin_needed"])

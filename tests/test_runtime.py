@@ -204,3 +204,15 @@ def test_bench_times_the_exported_graphs_and_says_which_backend(selfie_dir: Path
     traffic = report["bytes_per_frame"]  # a sparse delta frame reads x, x_k, z_k and the masked delta
     assert traffic["delta_mb"] > traffic["teacher_mb"] and "MB moved/frame" in r.stdout
     assert 0.5 < report["accuracy"]["value"] <= 1  # the graphs' outputs were scored, not garbage
+
+
+def test_bench_with_scene_cuts_gives_the_rival_the_same_policy(selfie_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"  # bikes cuts to another shot at frame 30
+    r = cli("bench", "--teacher", "selfie", "--model", str(selfie_dir), "--video", str(default_videos()["bikes"]),
+            "--start", "24", "--frames", "12", "--keyframe-interval", "8", "--scene-cut", "0.15", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["keyframe_policy"] == "SceneCut(8, threshold=0.15)" and report["keyframe_interval"] == 8
+    assert report["frames_per_keyframe"] == pytest.approx(12 / 2)  # keys at 24 (the first) and 30 (the cut)
+    rival = report["accuracy"]["rival_equal_macs"]
+    assert rival["policy"] == "same as the delta model's" and rival["costs_at"]["2"] > 0.5  # cuts cost the rival too

@@ -180,3 +180,28 @@ def test_results_are_written_with_ordinary_permissions(model, tmp_path) -> None:
     for f in (tmp_path / "m" / "students.safetensors", tmp_path / "m" / "deltadistill.json", tmp_path / "r.json"):
         assert f.stat().st_mode & 0o777 == 0o644, f
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temp files left behind
+
+
+def test_scene_cut_policy_keys_each_stream_at_its_own_cuts_and_counts_k_from_there() -> None:
+    from deltadistill.stream import SceneCut, frame_change, keyframe_flags
+
+    torch.manual_seed(0)
+    a, b = torch.rand(1, 3, 8, 8) + 0.5, torch.rand(1, 3, 8, 8) + 0.5
+    frames = [torch.cat([a + 0.01 * t, a + 0.01 * t]) for t in range(12)]
+    for t in range(3, 12):  # stream 0 cuts to another shot at frame 3; stream 1 does not
+        frames[t][0] = b[0] + 0.01 * t
+    policy = SceneCut(8, threshold=0.15)
+    keys = [policy(t, f) for t, f in enumerate(frames)]
+    assert [bool(k[0]) for k in keys] == [True, False, False, True] + [False] * 7 + [True]
+    assert [bool(k[1]) for k in keys] == [True] + [False] * 7 + [True] + [False] * 3
+    changes = [0.0] + [float(frame_change(frames[t - 1][:1], frames[t][:1])) for t in range(1, 12)]
+    assert keyframe_flags(changes, 8, 0.15) == [bool(k[0]) for k in keys]  # what the rival is given
+    model = dd.convert(TinySegNet(), dd.DeltaConfig())
+    stream = dd.DeltaStream(model, SceneCut(8, threshold=0.15))
+    seen = []
+    for f in frames:
+        stream(f[:1])
+        seen.append(bool(stream.last_key))
+    assert seen == [bool(k[0]) for k in keys]
+    with pytest.raises(ValueError, match="threshold must be > 0"):
+        SceneCut(4, threshold=0)

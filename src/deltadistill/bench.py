@@ -27,6 +27,7 @@ from .layer import DeltaConv2d
 from .macs import count_macs, has_measured_macs, measured_delta_macs
 from .report import build_report
 from .rival import rival_equal_macs
+from .stream import SceneCut, keyframe_flags
 from .tasks import task_for
 from .traffic import measure_traffic
 from .train.calibrate import calibrate, sparsify
@@ -45,10 +46,12 @@ def load_delta_model(teacher: nn.Module, model_dir: str | Path) -> nn.Module:
 def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *, keyframe_interval: int,
                       start: int = 0, stop: int | None = None, out_video: str | Path | None = None,
                       threads: int | None = None, progress: bool = True, name: str | None = None,
-                      compile: bool = False, backend: str = "torch") -> tuple[dict, Comparison]:
+                      compile: bool = False, backend: str = "torch",
+                      scene_cut: float | None = None) -> tuple[dict, Comparison]:
     """Run both models over ``video[start:stop]``; return (report dict, per-frame comparison).
 
     ``backend="onnxruntime"``: export both (into a temporary directory) and time the exported graphs.
+    ``scene_cut``: keyframes also at scene cuts (`SceneCut`), for the delta model and the rival alike.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -80,14 +83,15 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
         raise ValueError(f"backend must be torch or onnxruntime, not {backend!r}")
     if backend == "onnxruntime" and compile:
         raise ValueError("--compile is torch.compile: it has no meaning for the onnxruntime backend")
+    policy = SceneCut(keyframe_interval, scene_cut) if scene_cut else None
     tmp = tempfile.TemporaryDirectory(prefix="deltadistill-onnx-") if backend == "onnxruntime" else None
     try:
-        runners = _onnx_runners(teacher, model, Path(tmp.name), size, keyframe_interval) if tmp else None
+        runners = _onnx_runners(teacher, model, Path(tmp.name), size, keyframe_interval, policy) if tmp else None
         cmp = compare(teacher, model, iter_frames(video, size, "letterbox", start, stop),
                       keyframe_interval=keyframe_interval, preprocess=teacher.preprocess,
                       postprocess=lambda out: task.single(teacher.postprocess(out)),
                       on_frame=on_frame, total=stop - start, progress=progress, compile=compile, macs=macs,
-                      runners=runners)
+                      runners=runners, policy=policy)
     except BaseException as e:
         if writer is not None:
             writer.__exit__(type(e), e, None)
@@ -99,6 +103,8 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
         writer.__exit__(None, None, None)
     if cmp.delta_frame_macs:  # data-dependent students: count what the delta frames really cost
         macs = replace(macs, delta=round(float(np.mean(cmp.delta_frame_macs))))
+    if policy is not None:  # keyframes at cuts as well: amortise over the keyframes as run
+        macs = replace(macs, keyframe_interval=cmp.keyframe_interval)
     accuracy = task.accuracy(cmp.delta_preds, cmp.teacher_preds)
     # The trivial rival: repeat the teacher's keyframe prediction on every delta frame, at no cost.
     # A delta model is only worth its MACs where it beats this, at the same K and at the same MACs.
@@ -109,20 +115,24 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
     accuracy["hold_keyframe_baseline"] = task.accuracy(held, cmp.teacher_preds)["value"]
     accuracy["rival_equal_macs"] = rival_equal_macs(
         cmp.teacher_preds, lambda preds: task.accuracy(preds, cmp.teacher_preds)["value"], macs.teacher,
-        macs.amortised, accuracy["value"])
+        macs.amortised, accuracy["value"],
+        keys_at=(lambda k: keyframe_flags(cmp.changes, k, scene_cut)) if policy is not None else None)
     two = [teacher.preprocess(f[None]) for f in iter_frames(video, size, "letterbox", start, start + 2)]
-    traffic = measure_traffic(model, two[0], two[-1], keyframe_interval) if len(two) == 2 else None
+    traffic = measure_traffic(model, two[0], two[-1], cmp.keyframe_interval) if len(two) == 2 else None
     report = build_report(name or getattr(teacher, "name", type(teacher).__name__), str(video), cmp, macs,
                           accuracy, task.metric,
                           {"teacher": tc_teacher.compute(), "delta": tc_delta.compute()},
                           {"frame_range": [start, stop], "threads": torch.get_num_threads(), "compiled": compile,
-                           "backend": backend,
+                           "backend": backend, "keyframe_interval": keyframe_interval,
+                           "keyframe_policy": repr(policy) if policy else f"EveryK({keyframe_interval})",
+                           "frames_per_keyframe": cmp.keyframe_interval,
                            "bytes_per_frame": traffic.as_dict() if traffic else None,
                            "macs_measured": bool(cmp.delta_frame_macs)})
     return report, cmp
 
 
-def _onnx_runners(teacher: nn.Module, model: nn.Module, tmp: Path, size: tuple[int, ...], k: int) -> tuple:
+def _onnx_runners(teacher: nn.Module, model: nn.Module, tmp: Path, size: tuple[int, ...], k: int,
+                  policy: Any = None) -> tuple:
     """The exported teacher and the exported delta model's stream, each on onnxruntime."""
     from .runtime.export import export_onnx, export_plain_onnx
     from .runtime.onnx_stream import OnnxModel, OnnxStream
@@ -130,7 +140,7 @@ def _onnx_runners(teacher: nn.Module, model: nn.Module, tmp: Path, size: tuple[i
     threads = torch.get_num_threads()
     export_onnx(model, tmp / "delta", input_size=tuple(size), keyframe_interval=k)
     plain = export_plain_onnx(teacher, tmp / "teacher.onnx", tuple(size))
-    return OnnxModel(plain, threads), OnnxStream(tmp / "delta", keyframe=k, threads=threads)
+    return OnnxModel(plain, threads), OnnxStream(tmp / "delta", keyframe=copy.deepcopy(policy) or k, threads=threads)
 
 
 def calibrated_model(teacher: nn.Module, data: Any, budget: float, clips: int = 16,

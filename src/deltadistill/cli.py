@@ -136,6 +136,8 @@ def bench(
     threads: int = typer.Option(0, help="torch threads for both models (0: torch's default)"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile both models (timed after compiling)"),
     backend: str = typer.Option("torch", help="torch, or onnxruntime: export both models and time the graphs"),
+    scene_cut: float = typer.Option(0.0, min=0.0, help="also a keyframe where the input jumps by more than this "
+                                    "(mean |change| / mean |frame|; 0.15 catches cuts), for the rival too"),
 ) -> None:
     """Teacher vs delta model on the same frames, in one process: MACs, ms, speedup, accuracy, consistency."""
     from deltadistill.bench import calibrated_model, evaluate_on_video, load_delta_model, sparse_model
@@ -170,7 +172,8 @@ def bench(
                  else f"calibrated, budget {budget:g}")
         stop = start + frames if frames else None
         report, _ = evaluate_on_video(t, m, video, keyframe_interval=keyframe_interval, start=start, stop=stop,
-                                      out_video=render, name=teacher, compile=compile, backend=backend)
+                                      out_video=render, name=teacher, compile=compile, backend=backend,
+                                      scene_cut=scene_cut or None)
         if sweep:
             from deltadistill.bench import sweep as run_sweep
 
@@ -235,6 +238,8 @@ def run(
     jsonl: Optional[Path] = typer.Option(None, help="one JSON line per frame"),
     backend: str = typer.Option("torch", help="torch or onnxruntime (exports a checkpoint once, into MODEL/onnx)"),
     keyframe_interval: int = typer.Option(4, min=1),
+    scene_cut: float = typer.Option(0.0, min=0.0, help="also a keyframe where the input jumps by more than this "
+                                    "(mean |change| / mean |frame|; 0.15 catches cuts)"),
     threads: int = typer.Option(0, help="threads (0: the backend's default)"),
 ) -> None:
     """Run a delta model (or its teacher) over a video: annotated mp4, JSON lines, frames/s, MACs/frame."""
@@ -255,7 +260,7 @@ def run(
         elif model is not None and m is None:
             raise ValueError(f"{model} is an ONNX export: run it with --backend onnxruntime")
         summary = run_video(t, video, model=m, onnx_dir=onnx_dir, keyframe_interval=keyframe_interval,
-                            out=out, jsonl=jsonl, threads=threads or None)
+                            out=out, jsonl=jsonl, threads=threads or None, scene_cut=scene_cut or None)
     except _user_errors() as e:
         _fail(e)
         return

@@ -8,6 +8,7 @@ of key and of delta frames, since a plain median over all frames would hide the 
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,14 +21,15 @@ from torch import nn
 from tqdm import tqdm
 
 from .macs import MacReport, has_measured_macs, measured_delta_macs
-from .stream import DeltaStream, EveryK
+from .stream import DeltaStream, EveryK, KeyframePolicy, frame_change
 
 
 @dataclass
 class Comparison:
     """Per-frame record of a side-by-side run."""
 
-    keyframe_interval: int
+    #: K, or under a policy that adds keyframes (`SceneCut`), frames per keyframe as run
+    keyframe_interval: float
     ms_teacher: list[float] = field(default_factory=list)
     ms_delta: list[float] = field(default_factory=list)
     is_key: list[bool] = field(default_factory=list)
@@ -36,6 +38,8 @@ class Comparison:
     warmup: int = 0
     #: per delta frame: did the delta model return its keyframe's raw output again, bit for bit?
     repeated_key: list[bool] = field(default_factory=list)
+    #: per frame, `stream.frame_change` from the frame before (0 for the first): the rival's scene cuts
+    changes: list[float] = field(default_factory=list)
     #: per delta frame, its measured MACs (only for models with data-dependent students)
     delta_frame_macs: list[int] = field(default_factory=list)
     #: over delta frames, on the first raw output map: sum ||delta model - teacher||^2, and the same for
@@ -102,6 +106,7 @@ def compare(
     compile: bool = False,
     macs: MacReport | None = None,
     runners: tuple[Callable[[torch.Tensor], Any], Any] | None = None,
+    policy: KeyframePolicy | None = None,
 ) -> Comparison:
     """Teacher (a plain model) and delta model (converted or deployed) on the same frames.
 
@@ -111,18 +116,24 @@ def compare(
     long, absorbs the compile time and is not timed. With ``macs`` (the model's `count_macs`) and a
     model whose students' cost depends on the data, each delta frame's MACs are measured too.
     ``runners``: ``(teacher, stream)`` to time instead, e.g. the onnxruntime pair (`runtime.onnx_stream`);
-    the torch model then runs untimed beside them only where its MACs must be measured.
+    the torch model then runs untimed beside them only where its MACs must be measured. ``policy``:
+    the keyframe policy (default `EveryK(keyframe_interval)`); under one that adds keyframes, the
+    comparison's interval becomes frames per keyframe as run, so amortised figures count them all.
     """
     measure = macs is not None and has_measured_macs(model)
     teacher, model = channels_last(teacher.eval()), channels_last(model.eval())
-    stream = DeltaStream(model, EveryK(keyframe_interval), compile=compile)
+    stream = DeltaStream(model, copy.deepcopy(policy) if policy is not None else EveryK(keyframe_interval),
+                         compile=compile)
     timed_teacher, timed_stream = runners if runners is not None else (None, stream)
     if compile:  # both or neither: the ratio must compare like with like
         teacher = torch.compile(teacher)
         warmup = max(warmup, 2 * keyframe_interval + 1)  # a second keyframe may still recompile
     result = Comparison(keyframe_interval, warmup=warmup)
+    prev: torch.Tensor | None = None
     for i, frame in enumerate(tqdm(frames, total=total, desc="teacher vs delta", disable=not progress)):
         x = preprocess(frame).contiguous(memory_format=torch.channels_last)
+        result.changes.append(0.0 if prev is None else float(frame_change(prev, x).mean()))
+        prev = x
         t0 = time.perf_counter()
         t_out = teacher(x) if timed_teacher is None else timed_teacher(x)
         t1 = time.perf_counter()
@@ -150,6 +161,8 @@ def compare(
             on_frame(i, frame, t_pred, d_pred, key)
     if result.frames <= warmup:
         raise ValueError(f"need more than {warmup} frames to time after warm-up, got {result.frames}")
+    if policy is not None and not isinstance(policy, EveryK):
+        result.keyframe_interval = result.frames / sum(result.is_key)
     return result
 
 

@@ -22,6 +22,17 @@ def repeat_keyframes(teacher_preds: Sequence[T], interval: int) -> list[T]:
     return [teacher_preds[i - i % interval] for i in range(len(teacher_preds))]
 
 
+def repeat_at_keys(teacher_preds: Sequence[T], keys: Sequence[bool]) -> list[T]:
+    """The rival under any keyframe policy: the teacher's prediction at each keyframe, held until the next."""
+    if not keys or not keys[0]:
+        raise ValueError("the first frame must be a keyframe")
+    out, last = [], teacher_preds[0]
+    for pred, key in zip(teacher_preds, keys, strict=True):
+        last = pred if key else last
+        out.append(last)
+    return out
+
+
 def equal_mac_interval(teacher_macs: float, delta_amortised_macs: float) -> float:
     """``K_eq``: the keyframe interval at which repeating keyframes costs what the delta model does."""
     if delta_amortised_macs <= 0:
@@ -52,11 +63,17 @@ def margin_needed(rival: float) -> float:
 
 
 def rival_equal_macs(teacher_preds: Sequence[Any], score: Callable[[list[Any]], float], teacher_macs: float,
-                     delta_amortised_macs: float, accuracy: float) -> dict[str, Any]:
+                     delta_amortised_macs: float, accuracy: float,
+                     keys_at: Callable[[int], Sequence[bool]] | None = None) -> dict[str, Any]:
     """``accuracy.rival_equal_macs`` of a report: the rival at the delta model's own MAC cost.
 
     ``score(preds)`` scores predictions against ``teacher_preds`` (mAP50 or mIoU vs the teacher).
+    ``keys_at(K)``: the keyframes the delta model's policy picks at interval K (e.g. `SceneCut`), so
+    that the rival runs under the same policy; its cost is then its share of keyframes, and the
+    score is interpolated in that cost between whole intervals.
     """
+    if keys_at is not None:
+        return _rival_under_policy(teacher_preds, score, delta_amortised_macs / teacher_macs, accuracy, keys_at)
     k_eq = equal_mac_interval(teacher_macs, delta_amortised_macs)
     cache: dict[int, float] = {}
 
@@ -68,4 +85,27 @@ def rival_equal_macs(teacher_preds: Sequence[Any], score: Callable[[list[Any]], 
     value = rival_at(k_eq, score_at)
     need = margin_needed(value)
     return {"interval": k_eq, "value": value, "scores_at": {str(k): v for k, v in sorted(cache.items())},
+            "margin_needed": need, "margin": accuracy - value, "beats": accuracy >= value + need - 1e-12}
+
+
+def _rival_under_policy(teacher_preds: Sequence[Any], score: Callable[[list[Any]], float], share: float,
+                        accuracy: float, keys_at: Callable[[int], Sequence[bool]]) -> dict[str, Any]:
+    n = len(teacher_preds)
+    points: list[tuple[int, float, float]] = []  # (K, cost share, score)
+    for k in range(1, n + 1):
+        keys = list(keys_at(k))
+        cost = sum(keys) / n
+        points.append((k, cost, 1.0 if k == 1 else score(repeat_at_keys(teacher_preds, keys))))
+        if cost <= share:
+            break
+    (k_hi, c_hi, s_hi) = points[-1]
+    if len(points) == 1 or c_hi > share:  # the model costs a full teacher, or less than the rival ever can
+        value, interval = s_hi, float(k_hi)
+    else:
+        k_lo, c_lo, s_lo = points[-2]
+        w = (c_lo - share) / (c_lo - c_hi)  # 0 at k_lo, 1 at k_hi
+        value, interval = (1 - w) * s_lo + w * s_hi, k_lo + w
+    need = margin_needed(value)
+    return {"interval": interval, "value": value, "scores_at": {str(k): v for k, _, v in points},
+            "costs_at": {str(k): c for k, c, _ in points}, "policy": "same as the delta model's",
             "margin_needed": need, "margin": accuracy - value, "beats": accuracy >= value + need - 1e-12}

@@ -51,7 +51,7 @@ class Traffic:
     teacher: int
     keyframe: int
     delta: int
-    keyframe_interval: int
+    keyframe_interval: float
 
     @property
     def amortised(self) -> float:
@@ -75,7 +75,7 @@ def measure_traffic(model: nn.Module, key: Tensor, delta: Tensor, keyframe_inter
     student's work depends on what moved."""
     with mode(model, "teacher"):
         teacher = _bytes(model, delta)
-    stream = DeltaStream(model, keyframe_interval)
+    stream = DeltaStream(model, 2)  # one keyframe, then one delta frame
     keyframe = _bytes(stream, key)
     delta_bytes = _bytes(stream, delta)
     return Traffic(teacher, keyframe, delta_bytes, keyframe_interval)

@@ -68,7 +68,8 @@ class OnnxStream:
         if tuple(x.shape) != self.shape:
             raise ValueError(f"exported model takes frames of shape {self.shape}, got {tuple(x.shape)}")
         x = x.astype(np.float32, copy=False)
-        key = self.step == 0 or bool(self.policy(self.step, torch.from_numpy(x)))
+        decided = self.policy(self.step, torch.from_numpy(x))  # asked at step 0 too (stateful policies)
+        key = self.step == 0 or bool(decided if isinstance(decided, bool) else decided.all())
         if key:
             res = self.key_session.run(None, {"frame": x})
         else:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..files import atomic_write, check_output_file
 from ..macs import count_macs, has_measured_macs, measured_delta_macs
 from ..modes import delta_layers
-from ..stream import DeltaStream
+from ..stream import DeltaStream, SceneCut
 from ..tasks import DETECTION_SCORE_THRESHOLD, task_for
 from ..video import VideoWriter, fit_frame, iter_frames, video_info
 
@@ -76,9 +76,10 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
               onnx_dir: str | Path | None = None, keyframe_interval: int = 4,
               out: str | Path | None = None, jsonl: str | Path | None = None,
               progress: bool = True, threads: int | None = None,
-              on_frame: Callable[[int, dict], None] | None = None) -> RunSummary:
+              on_frame: Callable[[int, dict], None] | None = None, scene_cut: float | None = None) -> RunSummary:
     """Run ``model`` (a deployed delta model; the plain ``teacher`` when None) or the exported graphs
     in ``onnx_dir`` over ``video`` and write ``out`` (mp4) and ``jsonl``. Outputs appear only complete.
+    ``scene_cut``: also a keyframe where the input jumps (`SceneCut`).
     """
     for path, what in ((out, "output video"), (jsonl, "JSONL output")):
         if path is not None:
@@ -90,15 +91,16 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
     size = tuple(teacher.input_size)
     info = video_info(video)
     backend = "onnxruntime" if onnx_dir is not None else "torch"
+    policy: Any = SceneCut(keyframe_interval, scene_cut) if scene_cut else keyframe_interval
     if onnx_dir is not None:
         from .onnx_stream import OnnxStream
 
-        stream: Any = OnnxStream(onnx_dir, keyframe=keyframe_interval, threads=threads)
+        stream: Any = OnnxStream(onnx_dir, keyframe=policy, threads=threads)
         teacher_macs = int(stream.manifest.get("macs", {}).get("teacher") or _teacher_macs(teacher, size))
     else:
         net = model if model is not None else teacher
         if list(delta_layers(net)):
-            stream = DeltaStream(net, keyframe_interval)
+            stream = DeltaStream(net, policy)
             report = count_macs(net, (3, *size), keyframe_interval)
             teacher_macs = report.teacher
         else:
@@ -122,10 +124,15 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
                     key = bool(stream.last_key) if isinstance(stream.last_key, bool) else bool(stream.last_key.all())
                 pred = task.single(teacher.postprocess(y))
                 keys += key
-                if measured:
-                    total_macs += teacher_macs if key else measured_delta_macs(stream.model, report)
-                elif stream is None:
+                if stream is None:
                     total_macs += teacher_macs
+                elif onnx_dir is None:  # a keyframe costs the teacher plus any c = z_k - g(x_k) to fold
+                    total_macs += report.keyframe if key else (
+                        measured_delta_macs(stream.model, report) if measured else report.delta)
+                else:
+                    fixed = stream.manifest.get("macs", {})
+                    if not fixed.get("data_dependent", True):
+                        total_macs += fixed["keyframe"] if key else fixed["delta"]
                 rec = frame_record(kind, i, key, pred, box, getattr(teacher, "class_names", None))
                 records.append(rec)
                 if on_frame is not None:
@@ -145,13 +152,9 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
         writer.__exit__(None, None, None)
     if jsonl is not None:
         atomic_write(Path(jsonl), lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))
-    if measured or stream is None:
-        per_frame: float | None = total_macs / max(n, 1)
-    elif onnx_dir is None:
-        per_frame = float(report.amortised)
-    else:  # onnxruntime cannot measure a sparse student's cost; a fixed-cost model's is in the manifest
-        macs = stream.manifest.get("macs", {})
-        per_frame = None if macs.get("data_dependent", True) else macs.get("amortised")
+    # onnxruntime cannot measure a sparse student's cost; a fixed-cost model's is in the manifest
+    per_frame: float | None = None if onnx_dir is not None and stream.manifest.get("macs", {}).get(
+        "data_dependent", True) else total_macs / max(n, 1)
     return RunSummary(n, keys, seconds, n / max(seconds, 1e-9), per_frame, teacher_macs, measured or stream is None,
                       backend, str(out) if out else None, str(jsonl) if jsonl else None)
 
