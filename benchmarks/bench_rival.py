@@ -50,20 +50,33 @@ def main() -> None:
                     "this multiple of its layer's mean |input| on calibration keyframes, e.g. 0.02,0.04")
     ap.add_argument("--weighted", action="store_true", help="with --uniform: weight channels by the teacher "
                     "weights they feed when scoring pixels")
+    ap.add_argument("--running", action="store_true", help="with --uniform: the sparse_running student, whose "
+                    "reference moves with what it computed (DeltaCNN's accumulated buffers)")
+    ap.add_argument("--element", action="store_true", help="with --uniform: drop delta elements, not pixels")
     ap.add_argument("--tune", action="store_true", help="sparse students at --start-level, then dd.tune_sparse "
                     "to each of --budgets (thresholds searched by measuring whole models)")
     ap.add_argument("--start-level", type=float, default=0.035)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--eval", default="", help="score on this video instead of the plan's (and calibrate on the "
+                    "other two)")
+    ap.add_argument("--start", type=float, default=HELD_OUT, help="score from this share of the video on "
+                    "(default 0.7, as the demo; 0: the whole video, which calibration never sees either)")
+    ap.add_argument("--untimed", action="store_true", help="leave wall clock out of the section (when other "
+                    "work shares the CPU; bench_teachers times the models)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--section", default="", help="write a BENCHMARKS.md section with this suffix")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    plan, videos = PLANS[args.teacher], default_videos()
+    plan, videos = dict(PLANS[args.teacher]), default_videos()
+    if args.eval:
+        if args.eval not in videos:
+            raise SystemExit(f"--eval: no video {args.eval!r}; have {', '.join(sorted(videos))}")
+        plan = {"eval": args.eval, "calib": tuple(v for v in sorted(videos) if v != args.eval)}
     teacher = teachers.load(args.teacher)
     size = tuple(teacher.input_size)
     intervals = [int(k) for k in args.intervals.split(",")]
     ev = videos[plan["eval"]]
-    start = int(HELD_OUT * video_info(ev).frames)
+    start = int(args.start * video_info(ev).frames)
     rows = []
     levels = [float(a) for a in args.uniform.split(",")] if args.uniform else [float(b) for b in args.budgets.split(",")]
     for budget, k in [(b, k) for b in levels for k in intervals]:
@@ -75,12 +88,13 @@ def main() -> None:
         tuned = None
         if args.tune:
             model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse"))
-            cal = dd.sparsify(model, calib, level=args.start_level, clips=args.clips)
+            cal = dd.sparsify(model, calib, level=args.start_level, clips=args.clips, running=args.running)
             tuned = dd.tune_sparse(model, calib, budget=budget, clips=args.clips, rounds=args.rounds)
             cal.predicted_recovered = tuned.recovered
             print(json.dumps({"tuned": tuned.groups, "history": tuned.history}), flush=True)
         elif args.uniform:
-            cal = dd.sparsify(model, calib, level=budget, clips=args.clips, weighted=args.weighted)
+            cal = dd.sparsify(model, calib, level=budget, clips=args.clips, weighted=args.weighted,
+                              running=args.running, element=args.element)
         else:
             cal = dd.calibrate(model, calib, budget=budget, clips=args.clips, objective=args.objective,
                                students=tuple(args.students.split(",")), probes=args.probes)
@@ -103,7 +117,7 @@ def main() -> None:
         how = (f"sparse students at {args.start_level:g} x each layer's mean |input|, then `dd.tune_sparse` "
                f"({args.rounds} rounds; the recovered share in brackets is what it measured on the "
                "calibration clips)" if args.tune else
-               f"sparse students in every layer, thresholds {args.uniform} x each layer's "
+               f"{'element-' if args.element else ''}{'running ' if args.running else ''}sparse students in every layer, thresholds {args.uniform} x each layer's "
                f"{'weighted ' if args.weighted else ''}mean |input|" if args.uniform
                else f"calibrated ({args.objective} objective, students {args.students})")
         body = [f"{args.teacher}: {how}; statistics from "
@@ -113,13 +127,19 @@ def main() -> None:
                 f"| {'threshold' if args.uniform else 'budget'} | K | students | MAC ratio | {rows[0]['metric']} | rival, same K | rival at equal MACs "
                 "(K_eq) | beats it? | output change recovered (predicted) | wall clock |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
+        if args.untimed:
+            body[-2], body[-1] = body[-2].rsplit(" wall clock |", 1)[0], body[-1][:-4]
         for r in rows:
             riv = r["rival_equal_macs"]
             verdict = f"**yes**, {riv['margin']:+.3f}" if riv["beats"] else f"no, {riv['margin']:+.3f} (needs {riv['margin_needed']:+.3f})"
             body.append(f"| {r['budget']:g} | {r['k']} | {r['students']} | {r['mac_ratio']:.2f}x | {r['accuracy']:.3f} | "
                         f"{r['rival_same_k']:.3f} | {riv['value']:.3f} (K={riv['interval']:.2f}) | {verdict} | "
-                        f"{r['recovered']:.2f} ({_num(r['predicted_recovered'])}) | {speed_words(r['speedup'])} |")
+                        f"{r['recovered']:.2f} ({_num(r['predicted_recovered'])}) |"
+                        + ("" if args.untimed else f" {speed_words(r['speedup'])} |"))
         kind = ("tuned sparse" if args.tune else "uniform sparse, weighted" if args.uniform and args.weighted
+                else "uniform element-running sparse" if args.uniform and args.element and args.running
+                else "uniform element sparse" if args.uniform and args.element
+                else "uniform running sparse" if args.uniform and args.running
                 else "uniform sparse" if args.uniform
                 else "calibrated, sparse only" if args.students == "sparse" else "calibrated")
         write_section(f"rival-{args.teacher}{args.section}", f"{args.teacher}: delta models against the rival at "
