@@ -205,3 +205,33 @@ def test_scene_cut_policy_keys_each_stream_at_its_own_cuts_and_counts_k_from_the
     assert seen == [bool(k[0]) for k in keys]
     with pytest.raises(ValueError, match="threshold must be > 0"):
         SceneCut(4, threshold=0)
+
+
+def test_streams_on_one_model_from_several_threads_give_what_each_gives_alone(tiny) -> None:
+    import threading
+
+    model = dd.deploy(dd.convert(copy.deepcopy(tiny), dd.DeltaConfig(student="sparse")))
+    for _, layer in dd.modes.delta_layers(model):
+        layer.student.threshold.fill_(0.05)
+    clips = [make_video(frames=10, size=32, seed=s) for s in range(4)]
+    alone = []
+    for clip in clips:
+        stream = dd.DeltaStream(model, 4)
+        alone.append([stream(f) for f in clip])
+    together: list[list[torch.Tensor]] = [[] for _ in clips]
+    barrier = threading.Barrier(len(clips))
+
+    def work(i: int) -> None:
+        stream = dd.DeltaStream(model, 4)
+        barrier.wait()  # all threads start streaming at once
+        for f in clips[i]:
+            together[i].append(stream(f))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(clips))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together, strict=True):
+        assert len(b) == 10 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    copy.deepcopy(model)  # the lock lives outside the model: it still copies

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Protocol
 
 import torch
@@ -87,11 +89,29 @@ class SceneCut:
         return f"SceneCut({self.k}, threshold={self.threshold:g})"
 
 
+#: One lock per model: a frame binds its stream's state into the model's layers for the length of
+#: the call, so two threads running one model must take turns (a registry, not an attribute, so
+#: that a model stays deep-copyable and picklable).
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _lock_for(model: nn.Module) -> threading.Lock:
+    with _REGISTRY_LOCK:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.Lock()
+        return lock
+
+
 class DeltaStream:
     """Runs a converted (or deployed) model over a batch of independent video streams.
 
     Each call takes one frame per stream, ``(B, C, H, W)``. The stream owns its cached state, so
-    several streams can share one model without seeing each other's keyframes.
+    several streams can share one model without seeing each other's keyframes, from one thread or
+    from several: frames of streams that share a model run one at a time (a per-model lock), and
+    each stream's outputs are those it gives alone. For parallel speed, give each thread its own
+    copy of the model.
     """
 
     def __init__(self, model: nn.Module, keyframe: KeyframePolicy | int = 4, compile: bool = False) -> None:
@@ -105,6 +125,7 @@ class DeltaStream:
         # modules that can use per-stream state themselves (e.g. a graph skipping unchanged subgraphs)
         self.aware = [m for m in model.modules() if getattr(m, "supports_stream_state", False)]
         self.layer_states = [layer.__dict__ for layer in self.layers]
+        self.lock = _lock_for(model)
         self.aware_states = [m.__dict__ for m in self.aware]
         if not self.layers:
             raise ValueError("model has no delta layers: call deltadistill.convert(model, config) first")
@@ -156,14 +177,15 @@ class DeltaStream:
         """
         # Per-frame state goes straight into each module's __dict__: nn.Module.__setattr__ checks for
         # parameters, buffers and submodules on every assignment, which cost ~1.5 ms a frame on selfie.
-        for state, cache in zip(self.layer_states, caches, strict=True):  # no module-tree walk
-            state["mode"], state["cache"], state["key"] = "stream", cache, key
-        for state, cache in zip(self.aware_states, aware_caches, strict=True):
-            state["stream_state"] = {"key": key, "cache": cache}
-        try:
-            return self.runner(frame)
-        finally:
-            for state in self.layer_states:
-                state["cache"] = None
-            for state in self.aware_states:
-                state["stream_state"] = None
+        with self.lock:
+            for state, cache in zip(self.layer_states, caches, strict=True):  # no module-tree walk
+                state["mode"], state["cache"], state["key"] = "stream", cache, key
+            for state, cache in zip(self.aware_states, aware_caches, strict=True):
+                state["stream_state"] = {"key": key, "cache": cache}
+            try:
+                return self.runner(frame)
+            finally:
+                for state in self.layer_states:
+                    state["cache"] = None
+                for state in self.aware_states:
+                    state["stream_state"] = None
