@@ -216,3 +216,27 @@ def test_bench_with_scene_cuts_gives_the_rival_the_same_policy(selfie_dir: Path,
     assert report["frames_per_keyframe"] == pytest.approx(12 / 2)  # keys at 24 (the first) and 30 (the cut)
     rival = report["accuracy"]["rival_equal_macs"]
     assert rival["policy"] == "same as the delta model's" and rival["costs_at"]["2"] == 0.5  # 24, 26, ..., 34
+
+
+def test_run_reads_a_pipe_as_frames_arrive(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    writer = ("import av, sys\nfrom deltadistill.video import default_videos, iter_frames\n"
+              "out = av.open(sys.stdout.buffer, mode='w', format='mpegts')\n"
+              "s = out.add_stream('mpeg2video', rate=25); s.width, s.height, s.pix_fmt = 320, 240, 'yuv420p'\n"
+              "for f in iter_frames(default_videos()['bikes'], size=(240, 320), start=0, stop=6):\n"
+              "    [out.mux(p) for p in s.encode(av.VideoFrame.from_ndarray(f, format='rgb24'))]\n"
+              "[out.mux(p) for p in s.encode()]\nout.close()\n")
+    lines = tmp_path / "live.jsonl"
+    root = Path(__file__).resolve().parent.parent
+    env = {**__import__("os").environ, "PYTHONPATH": str(root / "src")}
+    feed = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, env=env)
+    r = subprocess.run([sys.executable, "-m", "deltadistill", "run", "--teacher", "selfie", "--video", "-",
+                        "--jsonl", str(lines)], stdin=feed.stdout, capture_output=True, text=True, timeout=300,
+                       cwd=root, env=env)
+    feed.stdout.close()
+    assert feed.wait(timeout=60) == 0
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert [x["frame"] for x in recs] == list(range(6)) and "6 frames" in r.stdout

@@ -230,7 +230,8 @@ def export(
 
 @app.command()
 def run(
-    video: Path = typer.Option(..., help="video to run on (any format ffmpeg reads)"),
+    video: str = typer.Option(..., help="video to run on: any file ffmpeg reads, - for standard input "
+                              "(e.g. ffmpeg ... -f mpegts -), a URL or a device"),
     model: Optional[Path] = typer.Option(None, help="a model directory (distill/demo/save) or an export; "
                                          "without it, the plain teacher"),
     teacher: Optional[str] = typer.Option(None, help="teacher name (default: the one the model records)"),

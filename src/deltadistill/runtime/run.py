@@ -24,7 +24,7 @@ from ..macs import count_macs, has_measured_macs, measured_delta_macs
 from ..modes import delta_layers
 from ..stream import DeltaStream, SceneCut
 from ..tasks import DETECTION_SCORE_THRESHOLD, task_for
-from ..video import VideoWriter, fit_frame, iter_frames, video_info
+from ..video import VideoWriter, fit_frame, is_live, iter_frames, video_info
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -89,7 +89,8 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
     task = task_for(teacher)
     kind = getattr(teacher, "task", "segmentation")
     size = tuple(teacher.input_size)
-    info = video_info(video)
+    live = is_live(video)  # a pipe, URL or device: read once as frames arrive; no count, no rate probe
+    info = None if live else video_info(video)
     backend = "onnxruntime" if onnx_dir is not None else "torch"
     policy: Any = SceneCut(keyframe_interval, scene_cut) if scene_cut else keyframe_interval
     if onnx_dir is not None:
@@ -109,8 +110,8 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
     measured = onnx_dir is None and stream is not None and has_measured_macs(stream.model)
     records: list[dict] = []
     total_macs, keys, n = 0.0, 0, 0
-    writer = VideoWriter(out, fps=info.fps).__enter__() if out else None
-    bar = tqdm(total=info.frames, unit="frame", disable=not progress, desc=f"run ({backend})")
+    writer = VideoWriter(out, fps=info.fps if info else 25.0).__enter__() if out else None
+    bar = tqdm(total=info.frames if info else None, unit="frame", disable=not progress, desc=f"run ({backend})")
     t0 = time.perf_counter()
     try:
         with torch.no_grad():

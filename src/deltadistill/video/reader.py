@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,19 @@ class Letterbox:
         return b
 
 
+def is_live(path: str | Path) -> bool:
+    """``-`` (standard input), a URL (``rtsp://``, ``udp://``...) or a device (``/dev/video0``): a
+    source read once, as it arrives, with no frame count and no seeking."""
+    s = str(path)
+    return s == "-" or "://" in s or s.startswith("/dev/")
+
+
 def _open(path: str | Path) -> av.container.InputContainer:
+    if is_live(path):
+        try:
+            return av.open(sys.stdin.buffer if str(path) == "-" else str(path), mode="r")
+        except (av.error.FFmpegError, OSError) as e:
+            raise VideoError(f"cannot read video from {'standard input' if str(path) == '-' else path}: {e}") from e
     path = Path(path)
     if not path.exists():
         raise VideoError(f"video not found: {path}")
