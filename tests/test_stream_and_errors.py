@@ -159,10 +159,11 @@ def test_corrupt_or_missing_checkpoint_is_refused(model, tmp_path) -> None:
     with pytest.raises(dd.CheckpointError, match="not a deltadistill checkpoint"):
         dd.load(TinySegNet(), tmp_path / "nowhere")
     (ckpt / "students.safetensors").write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(dd.CheckpointError, match="corrupt"):
+    # (not match="corrupt": this test's own tmp_path holds that word)
+    with pytest.raises(dd.CheckpointError, match="altered or truncated"):
         dd.load(TinySegNet(), ckpt)
     (ckpt / "deltadistill.json").write_text("{not json")
-    with pytest.raises(dd.CheckpointError, match="corrupt"):
+    with pytest.raises(dd.CheckpointError, match=r"deltadistill\.json is corrupt"):
         dd.load(TinySegNet(), ckpt)
     (ckpt / "deltadistill.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(dd.CheckpointError, match="format"):
@@ -235,3 +236,29 @@ def test_streams_on_one_model_from_several_threads_give_what_each_gives_alone(ti
     for a, b in zip(alone, together, strict=True):
         assert len(b) == 10 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     copy.deepcopy(model)  # the lock lives outside the model: it still copies
+
+
+@pytest.mark.parametrize("damage,words", [
+    ("flip", "altered or truncated"), ("truncate", "altered or truncated"),
+    ("pickle", "altered or truncated"), ("pickle-no-checksum", "not a readable safetensors file")])
+def test_a_tampered_checkpoint_is_refused_in_one_line(tiny, tmp_path, damage: str, words: str) -> None:
+    import pickle
+
+    model = dd.convert(copy.deepcopy(tiny), dd.DeltaConfig())
+    path = dd.save(model, tmp_path / "m")
+    weights = path / "students.safetensors"
+    data = bytearray(weights.read_bytes())
+    if damage == "flip":
+        data[-5] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "truncate":
+        weights.write_bytes(bytes(data[: len(data) // 2]))
+    else:  # a pickle where safetensors belongs: never unpickled
+        weights.write_bytes(pickle.dumps({"x": torch.zeros(2)}))
+        if damage == "pickle-no-checksum":
+            meta = json.loads((path / "deltadistill.json").read_text())
+            del meta["weights_sha256"]
+            (path / "deltadistill.json").write_text(json.dumps(meta))
+    with pytest.raises(dd.CheckpointError, match=words):
+        dd.load(copy.deepcopy(tiny), path)
+    assert dd.load(copy.deepcopy(tiny), dd.save(model, tmp_path / "again")) is not None  # intact: loads

@@ -7,6 +7,7 @@ checks, layer by layer, that the checkpoint was made for this teacher's architec
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,17 @@ def save(model: nn.Module, path: str | Path, include_teacher: bool = False, extr
             "extra": extra or {}}
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    meta["weights_sha256"] = _sha256(path / WEIGHTS)  # load refuses weights altered or truncated since
     atomic_write(path / META, lambda p: p.write_text(json.dumps(meta, indent=2)))
     return path
+
+
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -117,10 +127,13 @@ def load(teacher: nn.Module, path: str | Path) -> nn.Module:
         if list(m.weight.shape) != info["teacher_weight"]:
             raise CheckpointError(f"checkpoint {path} was made for another architecture: layer {name!r} has "
                                   f"weight {list(m.weight.shape)}, checkpoint expects {info['teacher_weight']}")
-    try:
+    want = meta.get("weights_sha256")  # absent only in checkpoints written before checksums
+    if want is not None and _sha256(path / WEIGHTS) != want:
+        raise CheckpointError(f"{path / WEIGHTS} was altered or truncated since it was saved (checksum mismatch)")
+    try:  # safetensors only: nothing in a model directory is ever unpickled or executed
         tensors = load_file(str(path / WEIGHTS))
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path / WEIGHTS} is corrupt: {e}") from e
+        raise CheckpointError(f"{path / WEIGHTS} is not a readable safetensors file: {e}") from e
     config = DeltaConfig.from_json(meta["config"])
     config.targets = list(layers)
     convert(teacher, config)
