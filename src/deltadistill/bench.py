@@ -59,6 +59,8 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
     size = tuple(teacher.input_size)
     info = video_info(video)
     stop = min(stop or info.frames, info.frames)
+    if start >= stop:
+        raise ValueError(f"--start {start} is past the end: {Path(video).name} has {info.frames} frames")
     macs = count_macs(model, (3, *size), keyframe_interval)
     measured = has_measured_macs(model)
     tc_teacher, tc_delta = task.consistency(), task.consistency()

@@ -280,6 +280,8 @@ def _calibration_clips(teacher, video: Path, start: int, videos: Optional[list[P
     if videos:
         return VideoClips(videos, clip_len=3, max_interval=k, size=size, value_range=value_range, fit="letterbox")
     n = video_info(video).frames
+    if start >= n:
+        raise ValueError(f"--start {start} is past the end: {video.name} has {n} frames")
     if start < 12:
         raise ValueError("calibration needs frames the benchmark does not score: give --start (at least 12) "
                          "so that frames before it calibrate, or --calib-videos")

@@ -50,9 +50,13 @@ def check_output_file(path: str | Path, what: str) -> Path:
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"{what} {path} is a directory")
+    probe = p.parent
+    while not probe.exists():  # creates nothing: the nearest existing ancestor must take the new file
+        probe = probe.parent
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=".probe-"):
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a directory")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".probe-"):
             pass
     except OSError as e:
         raise PermissionError(f"cannot write {what} {path}: {e.strerror or e}") from e

@@ -26,11 +26,20 @@ KEEP = 2
 
 
 def check_writable(directory: str | Path) -> Path:
-    """Refuse an output directory that can't be written, before any training time is spent."""
+    """Refuse an output directory that can't be written, before any training time is spent.
+
+    Creates nothing: a run that then fails on bad input leaves no empty directory behind.
+    """
     d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise PermissionError(f"cannot write checkpoints to {d}: it is a file")
+    probe = d
+    while not probe.exists():  # the nearest existing ancestor must take the new directories
+        probe = probe.parent
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=d, prefix=".probe-"):
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a directory")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".probe-"):
             pass
     except OSError as e:
         raise PermissionError(f"cannot write checkpoints to {d}: {e.strerror or e}") from e

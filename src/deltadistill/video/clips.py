@@ -39,6 +39,8 @@ class VideoClips(Dataset):
             raise ValueError("clip_len and max_interval must be >= 1")
         if not videos:
             raise VideoError("no videos given")
+        if not 0.0 <= frame_range[0] < frame_range[1] <= 1.0:
+            raise ValueError(f"frame_range must be fractions 0 <= start < stop <= 1, got {frame_range}")
         if fit not in ("crop", "letterbox"):
             raise ValueError(f"fit must be 'crop' (random crops, for training) or 'letterbox' (frames as "
                              f"deployment sees them, for calibration), got {fit!r}")

@@ -1,0 +1,74 @@
+"""Bad input to every command: one clear line on stderr, exit code 2, no traceback, no partial output.
+
+One table: the command line (``{V}`` a real video, ``{T}`` a text file named .mp4, ``{D}`` an
+existing directory, ``{F}`` a non-empty directory, ``{M}`` a selfie model directory, ``{O}`` the
+output the command must not leave behind), the words the message must hold, and the exit code.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+import deltadistill as dd
+from deltadistill import teachers
+from deltadistill.video import default_videos
+
+from .test_demo import cli
+
+CASES = [
+    ("distill --teacher nosuch --videos {V} --out {O}", "unknown teacher 'nosuch'"),
+    ("distill --teacher tinyseg --videos /nope.mp4 --out {O}", "video not found: /nope.mp4"),
+    ("distill --teacher tinyseg --videos {T} --out {O}", "not a video file ffmpeg understands"),
+    ("distill --teacher tinyseg --videos {V} --out {O} --budget 1.5", "budget is a fraction"),
+    ("distill --teacher tinyseg --videos {V} --out {F}/x.json/sub", "cannot write checkpoints"),
+    ("bench --teacher selfie --video {T} --sparse 0.1 --start 20 --json {O}", "not a video file ffmpeg understands"),
+    ("bench --teacher selfie --video {V} --sparse 0.1 --start 20 --json {D}", "--json {D} is a directory"),
+    ("bench --teacher selfie --video {V} --sparse 0.1 --start 400 --json {O}", "past the end"),
+    ("bench --teacher selfie --video {V} --model {D} --json {O}", "not a deltadistill checkpoint"),
+    ("bench --teacher selfie --video {V} --model {M} --backend tensorrt --json {O}", "backend must be"),
+    ("demo --teacher nosuch --out {O}", "no demo for teacher 'nosuch'"),
+    ("export --model /nope --out {O}", "model directory not found: /nope"),
+    ("export --model {M} --out {F}", "exists and is not empty"),
+    ("export --model {M} --teacher centernet --out {O}", "was made for teacher 'selfie', not 'centernet'"),
+    ("run --teacher selfie --video {T} --jsonl {O}", "not a video file ffmpeg understands"),
+    ("run --teacher selfie --video /nope.mp4 --jsonl {O}", "video not found"),
+    ("run --teacher nosuch --video {V} --jsonl {O}", "unknown teacher 'nosuch'"),
+    ("run --model {M} --teacher centernet --video {V} --jsonl {O}", "was made for teacher 'selfie'"),
+    ("run --model {M} --video {V} --out {D} --jsonl {O}", "is a directory"),
+    ("run --model {M} --video {V} --backend tensorrt --jsonl {O}", "--backend must be one of"),
+    ("run --video {V} --jsonl {O}", "give --teacher"),
+]
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("bad")
+    (root / "text.mp4").write_text("not a video\n")
+    (root / "dir").mkdir()
+    (root / "full").mkdir()
+    (root / "full" / "keep.txt").write_text("mine")
+    (root / "full" / "x.json").write_text("a file, not a directory")
+    teacher = teachers.load("selfie")
+    model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse"))
+    for _, layer in dd.modes.delta_layers(model):
+        layer.students["sparse"].threshold.fill_(0.1)
+    dd.save(dd.deploy(model), root / "selfie_model", extra={"teacher": "selfie"})
+    return {"V": str(default_videos()["bikes"]), "T": str(root / "text.mp4"), "D": str(root / "dir"),
+            "F": str(root / "full"), "M": str(root / "selfie_model"), "root": str(root)}
+
+
+@pytest.mark.parametrize("line,words", CASES, ids=[c[0].split(" --")[0] + ": " + c[1] for c in CASES])
+def test_bad_input_gets_one_line_and_exit_2_and_leaves_nothing(places: dict[str, str], line: str, words: str,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "never" / "out.json"
+    before = {p: sorted(Path(places[p]).rglob("*")) for p in ("D", "F", "M")}
+    args = line.format(**places, O=out).split()
+    r = cli(*args, timeout=300)
+    err = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith("W11")]  # torch's own warnings
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert len(err) == 1 and words.format(**places) in err[0] and err[0].startswith("error: "), err
+    assert not (tmp_path / "never").exists()  # no output, not even its directory
+    assert {p: sorted(Path(places[p]).rglob("*")) for p in ("D", "F", "M")} == before  # nothing touched
