@@ -142,8 +142,9 @@ def main() -> None:
                 else "uniform running sparse" if args.uniform and args.running
                 else "uniform sparse" if args.uniform
                 else "calibrated, sparse only" if args.students == "sparse" else "calibrated")
+        whole = ", whole video" if start == 0 else ""
         write_section(f"rival-{args.teacher}{args.section}", f"{args.teacher}: delta models against the rival at "
-                      f"equal MACs ({kind})", "\n".join(body))
+                      f"equal MACs ({kind}){whole}", "\n".join(body))
 
 
 def _num(x: float | None) -> str:
