@@ -304,8 +304,9 @@ def sparsify(model: nn.Module, data: Any, *, level: float = 0.02, clips: int = 8
     """Give every delta layer a `SparseStudent` whose threshold is ``level`` times the layer's mean
     ``|input|`` on the keyframes of ``clips`` clips of ``data``: one knob, no search.
 
-    Measured on centernet (BENCHMARKS.md, "uniform sparse"): at 0.02 its delta frames recover 96-99%
-    of the heatmap's change and beat repeating keyframes at equal MACs, at about 1.4x fewer MACs.
+    Measured on centernet (BENCHMARKS.md, "uniform sparse", whole video): at 0.02 its delta frames
+    recover 96-98% of the heatmap's change at about 1.4x fewer MACs, level with repeating keyframes
+    at equal MACs (notes 13 and 17).
     ``weighted``: score pixels by a mean over channels weighted by the teacher weights each feeds
     (`students.pixel_scores`), and scale thresholds by the same weighted mean. ``running``: the
     `RunningSparseStudent` kind, whose reference moves with what it computed, so a delta frame pays
