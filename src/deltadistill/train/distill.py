@@ -227,6 +227,7 @@ def distill(
     result.choices = {n: layer.chosen() for n, layer in delta_layers(model) if isinstance(layer, DeltaConv2d)}
     if out is not None and os.environ.get("DELTADISTILL_DUMP_RANK_WEIGHTS"):  # lets tests compare ranks
         weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        out.mkdir(parents=True, exist_ok=True)
         save_file(weights, str(out / f"rank{d.rank}.safetensors"))
     if out is not None and d.main:
         save(model, out / "model", include_teacher=finetune_teacher, extra={"distill": result.to_json()})
