@@ -262,3 +262,20 @@ def test_a_tampered_checkpoint_is_refused_in_one_line(tiny, tmp_path, damage: st
     with pytest.raises(dd.CheckpointError, match=words):
         dd.load(copy.deepcopy(tiny), path)
     assert dd.load(copy.deepcopy(tiny), dd.save(model, tmp_path / "again")) is not None  # intact: loads
+
+
+def test_a_long_stream_keeps_memory_error_and_time_flat(tiny) -> None:
+    """The short form of benchmarks/bench_soak.py (10,000 frames there)."""
+    from deltadistill.soak import soak
+
+    model = dd.deploy(dd.convert(copy.deepcopy(tiny), dd.DeltaConfig(student="sparse")))
+    for _, layer in dd.modes.delta_layers(model):
+        layer.student.threshold.fill_(0.02)
+    frames = make_video(frames=12, size=32, seed=7)
+    # 12 frames back and forth: a cycle of 22, so with K=4 the stream repeats itself every 44 frames, and
+    # over 880 frames the first and the last tenth (88 frames each) see the very same frames and keyframes
+    result = soak(model, frames, n=880, keyframe_interval=4, sample_every=100, progress=False)
+    s = result.summary(warmup=200)
+    assert len(result.interval_error) == 220 and s["error_start"] > 0
+    assert s["rss_growth"] < 0.05  # no state piles up frame after frame
+    assert s["error_end"] == pytest.approx(s["error_start"], rel=1e-5)  # no drift: each keyframe resets it all
