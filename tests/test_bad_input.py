@@ -40,6 +40,9 @@ CASES = [
     ("run --model {M} --video {V} --out {D} --jsonl {O}", "is a directory"),
     ("run --model {M} --video {V} --backend tensorrt --jsonl {O}", "--backend must be one of"),
     ("run --video {V} --jsonl {O}", "give --teacher"),
+    ("run --teacher selfie --video {V} --video {V} --jsonl {O}", "give --out-dir"),
+    ("run --teacher selfie --jsonl {O}", "no videos"),
+    ("run --teacher selfie --video {V} --videos-from /nope.txt --jsonl {O}", "video list not found"),
 ]
 
 

@@ -251,3 +251,27 @@ def test_run_re_keys_at_a_scene_cut_by_default(selfie_dir: Path, tmp_path: Path)
         assert r.returncode == 0, r.stderr[-3000:]
         recs = [json.loads(line) for line in lines.read_text().splitlines()]
         assert [x["frame"] for x in recs if x["keyframe"]] == keys
+
+
+def test_run_shards_videos_over_torchrun_and_a_rerun_skips_what_is_done(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    clips = [_short_clip(tmp_path / f"clip{i}.mp4", n=3 + i, start=40 * i) for i in range(3)]
+    listing = tmp_path / "videos.txt"
+    listing.write_text("# three clips\n" + "\n".join(str(c) for c in clips[1:]) + "\n")
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "deltadistill", "run", "--teacher", "selfie", "--video", str(clips[0]), "--videos-from",
+           str(listing), "--out-dir", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for i, clip in enumerate(clips):
+        lines = (out / f"{clip.stem}.jsonl").read_text().splitlines()
+        assert len(lines) == 3 + i  # each video once, whole, by one of the two ranks
+    assert "[rank 0]" in r.stdout and "[rank 1]" in r.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root, env=env)
+    assert again.returncode == 0 and again.stdout.count("done before, skipped") == 3

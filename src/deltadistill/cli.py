@@ -230,8 +230,12 @@ def export(
 
 @app.command()
 def run(
-    video: str = typer.Option(..., help="video to run on: any file ffmpeg reads, - for standard input "
-                              "(e.g. ffmpeg ... -f mpegts -), a URL or a device"),
+    video: list[str] = typer.Option([], help="video to run on: any file ffmpeg reads, - for standard input "
+                                    "(e.g. ffmpeg ... -f mpegts -), a URL or a device; repeat for several"),
+    videos_from: Optional[Path] = typer.Option(None, help="a text file listing videos, one per line"),
+    out_dir: Optional[Path] = typer.Option(None, help="with several videos: write <name>.jsonl (and with "
+                                           "--render <name>.mp4) here; default: next to each video"),
+    render: bool = typer.Option(False, "--render", help="with several videos: also write annotated mp4s"),
     model: Optional[Path] = typer.Option(None, help="a model directory (distill/demo/save) or an export; "
                                          "without it, the plain teacher"),
     teacher: Optional[str] = typer.Option(None, help="teacher name (default: the one the model records)"),
@@ -243,7 +247,11 @@ def run(
                                     "this (mean |change| / mean |frame|; cuts measure 0.2-0.35); 0: off"),
     threads: int = typer.Option(0, help="threads (0: the backend's default)"),
 ) -> None:
-    """Run a delta model (or its teacher) over a video: annotated mp4, JSON lines, frames/s, MACs/frame."""
+    """Run a delta model (or its teacher) over videos: annotated mp4, JSON lines, frames/s, MACs/frame.
+
+    Several videos (repeated --video, or --videos-from) are sharded across processes under torchrun,
+    and a rerun skips those already done."""
+    from deltadistill.runtime.batch import run_many, video_list
     from deltadistill.runtime.resolve import cached_export, is_export
     from deltadistill.runtime.run import BACKENDS, run_video
 
@@ -260,8 +268,23 @@ def run(
                 meta={"teacher": name, "task": getattr(t, "task", None)})
         elif model is not None and m is None:
             raise ValueError(f"{model} is an ONNX export: run it with --backend onnxruntime")
-        summary = run_video(t, video, model=m, onnx_dir=onnx_dir, keyframe_interval=keyframe_interval,
-                            out=out, jsonl=jsonl, threads=threads or None, scene_cut=scene_cut or None)
+        videos = video_list(video, videos_from)
+
+        def one(v: str, mp4: Optional[Path], lines: Optional[Path]):
+            return run_video(t, v, model=m, onnx_dir=onnx_dir, keyframe_interval=keyframe_interval, out=mp4,
+                             jsonl=lines, threads=threads or None, scene_cut=scene_cut or None,
+                             progress=len(videos) == 1)
+
+        if len(videos) == 1 and out_dir is None and not render:
+            summary = one(videos[0], out, jsonl)
+        else:  # several videos (or a list): sharded over torchrun's processes, finished ones skipped
+            if out is not None or jsonl is not None:
+                raise ValueError("with several videos, outputs are named after each video: give --out-dir "
+                                 "(and --render for mp4s), not --out/--jsonl")
+            counts = run_many(videos, lambda v, mp4, lines: one(v, mp4, lines).line(), out_dir, render,
+                              say=typer.echo)
+            typer.echo(f"{counts['ran']} videos run, {counts['skipped']} done before")
+            return
     except _user_errors() as e:
         _fail(e)
         return
