@@ -50,14 +50,21 @@ def check_output_file(path: str | Path, what: str) -> Path:
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"{what} {path} is a directory")
-    probe = p.parent
-    while not probe.exists():  # creates nothing: the nearest existing ancestor must take the new file
-        probe = probe.parent
     try:
-        if not probe.is_dir():
-            raise NotADirectoryError(f"{probe} is not a directory")
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".probe-"):
-            pass
+        probe_writable(p.parent)
     except OSError as e:
         raise PermissionError(f"cannot write {what} {path}: {e.strerror or e}") from e
     return p
+
+
+def probe_writable(directory: Path) -> None:
+    """Raise OSError unless files can be made in ``directory``, or, where it does not exist yet, in
+    the nearest existing ancestor that would hold it. Creates nothing: a run that fails later on bad
+    input leaves no empty directory behind."""
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(f"{probe} is not a directory")
+    with tempfile.NamedTemporaryFile(dir=probe, prefix=".probe-"):
+        pass

@@ -20,27 +20,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..checkpoint import CheckpointError, save
-from ..files import atomic_write
+from ..files import atomic_write, probe_writable
 
 KEEP = 2
 
 
 def check_writable(directory: str | Path) -> Path:
-    """Refuse an output directory that can't be written, before any training time is spent.
-
-    Creates nothing: a run that then fails on bad input leaves no empty directory behind.
-    """
+    """Refuse an output directory that can't be written, before any training time is spent (creating nothing)."""
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise PermissionError(f"cannot write checkpoints to {d}: it is a file")
-    probe = d
-    while not probe.exists():  # the nearest existing ancestor must take the new directories
-        probe = probe.parent
     try:
-        if not probe.is_dir():
-            raise NotADirectoryError(f"{probe} is not a directory")
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".probe-"):
-            pass
+        probe_writable(d)
     except OSError as e:
         raise PermissionError(f"cannot write checkpoints to {d}: {e.strerror or e}") from e
     return d
