@@ -49,8 +49,12 @@ def assert_same_stream(model: torch.nn.Module, onnx_dir: Path, frames: list[torc
     a few dozen of 65536 pixels (torch fp32 against fp64: 1.2e-4; onnxruntime against fp64: 8e-4).
 
     ``flips``: sparse students compare each pixel's score with a threshold, and that float noise
-    flips the few pixels that sit on it (up to 5e-4 on selfie). Then fewer than 0.1% of the outputs
-    may exceed the bound, none by more than 2e-3 of the scale: a wrong state would move them all.
+    flips the pixels that sit on it. A flip moves the output by about what sparsity itself moves it
+    at that pixel (on centernet at threshold 0.01, one frame in 30: 5% of the box values by up to
+    0.9 px). So on delta frames the two backends may differ beyond the bound by at most a tenth of
+    the model's own largest error against the teacher, and on average by a twentieth of its average
+    error; keyframes, where the model is the teacher, keep the strict bound. A wrong or stale state
+    moves outputs by as much as the model's own error, or more, and fails.
     """
     torch_stream, ort_stream = dd.DeltaStream(model, k), OnnxStream(onnx_dir, keyframe=k)
     teacher = copy.deepcopy(model)
@@ -68,12 +72,14 @@ def assert_same_stream(model: torch.nn.Module, onnx_dir: Path, frames: list[torc
         floors = [float((p - torch.from_numpy(po)).abs().max()) for p, po in zip(plain, plain_ort, strict=True)]
         if ort_stream.last_key:
             key_floor = floors
-        for w, g, f, kf in zip(want, got, floors, key_floor, strict=True):
+        for w, g, p, f, kf in zip(want, got, plain, floors, key_floor, strict=True):
             scale = max(1.0, float(w.abs().max()))  # float32 sums: box sizes in pixels reach ~400
             err = (w - g).abs()
             bound = max(f, kf) + 1e-4 * scale
             if flips:
-                assert float((err > bound).float().mean()) < 1e-3 and float(err.max()) <= 2e-3 * scale
+                own = (w - p).abs()  # the delta model's own error against the teacher on this frame
+                assert float(err.max()) <= bound + 0.1 * float(own.max())
+                assert float(err.mean()) <= bound + 0.05 * float(own.mean())
             else:
                 assert float(err.max()) <= bound
     return keys
