@@ -38,7 +38,8 @@ class Comparison:
     warmup: int = 0
     #: per delta frame: did the delta model return its keyframe's raw output again, bit for bit?
     repeated_key: list[bool] = field(default_factory=list)
-    #: per frame, `stream.frame_change` from the frame before (0 for the first): the rival's scene cuts
+    #: per frame, under a policy other than `EveryK`, `stream.frame_change` from the frame before (0 for
+    #: the first): the rival's scene cuts
     changes: list[float] = field(default_factory=list)
     #: per delta frame, its measured MACs (only for models with data-dependent students)
     delta_frame_macs: list[int] = field(default_factory=list)
@@ -130,10 +131,12 @@ def compare(
         warmup = max(warmup, 2 * keyframe_interval + 1)  # a second keyframe may still recompile
     result = Comparison(keyframe_interval, warmup=warmup)
     prev: torch.Tensor | None = None
+    track_changes = policy is not None and not isinstance(policy, EveryK)
     for i, frame in enumerate(tqdm(frames, total=total, desc="teacher vs delta", disable=not progress)):
         x = preprocess(frame).contiguous(memory_format=torch.channels_last)
-        result.changes.append(0.0 if prev is None else float(frame_change(prev, x).mean()))
-        prev = x
+        if track_changes:  # only a policy that re-keys on change needs them (for the rival's keyframes)
+            result.changes.append(0.0 if prev is None else float(frame_change(prev, x).mean()))
+            prev = x
         t0 = time.perf_counter()
         t_out = teacher(x) if timed_teacher is None else timed_teacher(x)
         t1 = time.perf_counter()
