@@ -6,11 +6,14 @@ SYSPY  ?= python3
 
 .PHONY: test demo lint bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+# rapidocr-onnxruntime only for the PP-OCRv4 ONNX files it ships (the `ppocr-det` teacher, Apache-2.0);
+# without its dependencies, which would replace opencv-python-headless with the GUI build.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(SYSPY) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,onnx]"
+	$(PY) -m pip install -q --no-deps rapidocr-onnxruntime==1.4.4
 	touch $(STAMP)
 
 lint: $(STAMP)

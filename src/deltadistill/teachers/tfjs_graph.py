@@ -10,8 +10,8 @@ Convolutions become *registered* ``nn.Conv2d`` / ``nn.ConvTranspose2d`` submodul
 ``module(x)`` (never ``F.conv2d``) so that they can later be swapped for wrapper layers. Fused
 bias / folded batch-norm goes into the module's bias; the fused activation runs after the module.
 
-The whole execution plan (slot indices, closures, constant buffers) is built in ``__init__``;
-``forward`` is a flat loop over precomputed steps.
+The plan (slots, steps, constant buffers) is built in ``__init__`` on the executor that the ONNX
+importer shares (`graph.GraphModule`); this module is only the TF.js front end.
 """
 
 from __future__ import annotations
@@ -28,17 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .graph import GraphModule, SizedMaker, UnsupportedOpError, scaled_size, topo_order
 from .tfjs_ops import ACTIVATIONS, BINARY, UNARY, avg_pool, max_pool, pad_same, resize_bilinear, same_pads
 from .tfjs_weights import load_weights
-
-
-class UnsupportedOpError(NotImplementedError):
-    """The graph contains an op this converter does not implement."""
-
-    def __init__(self, op: str, node: str, detail: str = "") -> None:
-        self.op, self.node = op, node
-        super().__init__(f"unsupported TF.js op {op!r} in node {node!r}" + (f": {detail}" if detail else ""))
-
 
 # NHWC axis -> NCHW axis
 _NHWC_TO_NCHW = {0: 0, 1: 2, 2: 3, 3: 1}
@@ -81,16 +73,6 @@ def _split_ref(ref: str) -> tuple[str, int]:
     return name, int(idx) if idx else 0
 
 
-def _module_name(node: str, taken: set[str]) -> str:
-    base = "".join(c if c.isalnum() else "_" for c in node).strip("_") or "conv"
-    name, k = base, 1
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
-
-
 def _call_module(module: nn.Module, x: Tensor) -> Tensor:
     return module(x)
 
@@ -120,7 +102,7 @@ def _conv_runner(kernel: tuple[int, int], stride: tuple[int, int], dilation: tup
     return lambda m, x: act(m(pad(x)))
 
 
-class TFJSGraphModule(nn.Module):
+class TFJSGraphModule(GraphModule):
     """Executes a TF.js graph model in NCHW with real ``nn.Conv2d`` modules.
 
     Args:
@@ -129,7 +111,8 @@ class TFJSGraphModule(nn.Module):
             Only the sub-graph needed for these outputs is built, so ops outside it need no support.
 
     ``forward(x)`` takes an NCHW tensor for a 4-D NHWC placeholder and returns a tuple of outputs in
-    ``self.output_names`` order; 4-D outputs are NCHW, others keep TF's layout.
+    ``self.output_names`` order; 4-D outputs are NCHW, others keep TF's layout. Resizes and whole-map
+    pools that the graph fixed at the placeholder's size follow the input, so other sizes run too.
     """
 
     def __init__(self, model_json: str | Path, outputs: Sequence[str] | None = None) -> None:
@@ -146,62 +129,24 @@ class TFJSGraphModule(nn.Module):
         if outputs is None:
             outputs = [o.get("name", k) for k, o in (sig.get("outputs") or {}).items()]
         self.output_names = [o[:-2] if o.endswith(":0") else o for o in outputs]
-        self.convs = nn.ModuleDict()
-        self._taken: set[str] = set()
-        self._slots: dict[tuple[str, int], int] = {}
         self._layout: dict[int, str] = {}  # slot -> "nchw" | "plain"
-        self._consts: dict[int, np.ndarray] = {}  # slot -> constant value (for plan-time args)
-        self._const_loads: list[tuple[int, str]] = []
         self._plain_of: dict[int, int] = {}
         self._nchw_of: dict[int, int] = {}
-        # (fn, input slots, output slots, conv module name or None); a named module is passed as fn's 1st arg
-        self._steps: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...], str | None]] = []
-        self._plans: dict[frozenset[str], tuple[tuple[bool, ...], frozenset[int]]] = {}
-        self.input_names: list[str] = []
-        self._input_slots: list[int] = []
-        self._runtime_consts: set[int] = set()
-        self._n_slots = 0
-        order = self._topo_order([_split_ref(o)[0] for o in self.output_names])
+        self._native_inputs: list[Tensor] | None = []
+        self.native_size: tuple[int, int] | None = None  # the placeholder's (H, W), where it gives one
+        self.channels = 3
+        order = topo_order([_split_ref(o)[0] for o in self.output_names], self._deps)
         for name in order:
             self._build(self._nodes[name])
         self._output_slots = [self._slot(*_split_ref(o)) for o in self.output_names]
-        self._finalize()
-        del self._weights, self._nodes
+        self._finalize(self._native_inputs)
+        del self._weights, self._nodes, self._native_inputs
 
     # ------------------------------------------------------------------ plan building
-    def _topo_order(self, targets: list[str]) -> list[str]:
-        order: list[str] = []
-        state: dict[str, int] = {}
-        for t in targets:
-            stack = [(t, False)]
-            while stack:
-                name, done = stack.pop()
-                if done:
-                    if state.get(name) != 2:
-                        state[name] = 2
-                        order.append(name)
-                    continue
-                if state.get(name):
-                    continue
-                if name not in self._nodes:
-                    raise KeyError(f"graph references unknown node {name!r}")
-                state[name] = 1
-                stack.append((name, True))
-                for ref in reversed(self._nodes[name].inputs):
-                    dep = _split_ref(ref)[0]
-                    if not state.get(dep):
-                        stack.append((dep, False))
-        return order
-
-    def _slot(self, name: str, idx: int = 0) -> int:
-        key = (name, idx)
-        if key not in self._slots:
-            self._slots[key] = self._new_slot()
-        return self._slots[key]
-
-    def _new_slot(self) -> int:
-        self._n_slots += 1
-        return self._n_slots - 1
+    def _deps(self, name: str) -> list[str]:
+        if name not in self._nodes:
+            raise KeyError(f"graph references unknown node {name!r}")
+        return [_split_ref(r)[0] for r in self._nodes[name].inputs]
 
     def _const(self, ref: str, node: _Node) -> np.ndarray:
         slot = self._slot(*_split_ref(ref))
@@ -223,7 +168,7 @@ class TFJSGraphModule(nn.Module):
             new = self._new_slot()
             self._plain_of[slot] = new
             self._layout[new] = "plain"
-            self._steps.append((lambda x: x.permute(0, 2, 3, 1), (slot,), (new,), None))
+            self._step(lambda x: x.permute(0, 2, 3, 1), (slot,), (new,))
         return self._plain_of[slot]
 
     def _as_nchw(self, slot: int, node: _Node) -> int:
@@ -235,15 +180,18 @@ class TFJSGraphModule(nn.Module):
             new = self._new_slot()
             self._nchw_of[slot] = new
             self._layout[new] = "nchw"
-            self._steps.append((lambda x: x.permute(0, 3, 1, 2), (slot,), (new,), None))
+            self._step(lambda x: x.permute(0, 3, 1, 2), (slot,), (new,))
         return self._nchw_of[slot]
 
     def _emit(self, fn: Callable[..., Any], ins: Sequence[int], node: _Node, layout: str, n_out: int = 1,
-              module: str | None = None) -> None:
+              module: str | None = None, sized: SizedMaker | None = None) -> None:
         outs = tuple(self._slot(node.name, k) for k in range(n_out))
         for o in outs:
             self._layout[o] = layout
-        self._steps.append((fn, tuple(ins), outs, module))
+        if sized is not None:
+            self._sized_step(sized, ins, outs)
+        else:
+            self._step(fn, ins, outs, module)
 
     def _build(self, node: _Node) -> None:
         op = node.op
@@ -255,10 +203,15 @@ class TFJSGraphModule(nn.Module):
             self._layout[slot] = "plain"
         elif op == "Placeholder":
             slot = self._slot(node.name)
-            dims = node.attr.get("shape", {}).get("shape", {}).get("dim", [])
+            dims = [int(d.get("size", -1)) for d in node.attr.get("shape", {}).get("shape", {}).get("dim", [])]
             self._layout[slot] = "nchw" if len(dims) == 4 else "plain"
-            self.input_names.append(node.name)
-            self._input_slots.append(slot)
+            self._add_input(node.name)
+            if self._native_inputs is not None and dims and all(d > 0 for d in dims) and len(dims) == 4:
+                n, h, w, c = dims
+                self._native_inputs.append(torch.zeros(n, c, h, w))
+                self.native_size, self.channels = (h, w), c
+            else:  # a size the graph leaves open: nothing to fit
+                self._native_inputs = None
         elif op in _CONV_OPS:
             self._build_conv(node)
         elif op == "Conv2DBackpropInput":
@@ -332,8 +285,7 @@ class TFJSGraphModule(nn.Module):
             conv.weight.copy_(weight)
             if bias is not None:
                 conv.bias.copy_(bias)  # type: ignore[union-attr]
-        mod_name = _module_name(node.name, self._taken)
-        self.convs[mod_name] = conv
+        mod_name = self._add_conv(node.name, conv)
         src = self._as_nchw(self._runtime(node.inputs[0]), node)
         self._emit(_conv_runner((kh, kw), stride, dil, mode, explicit, act), [src], node, "nchw", module=mod_name)
 
@@ -372,8 +324,7 @@ class TFJSGraphModule(nn.Module):
         deconv = nn.ConvTranspose2d(cin, cout, (kh, kw), stride=stride, bias=False)
         with torch.no_grad():
             deconv.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1))))
-        mod_name = _module_name(node.name, self._taken)
-        self.convs[mod_name] = deconv
+        mod_name = self._add_conv(node.name, deconv)
         same = padding == "SAME"
 
         def run(module: nn.Module, x: Tensor) -> Tensor:
@@ -434,15 +385,6 @@ class TFJSGraphModule(nn.Module):
         self._layout[new] = "plain"
         return self._register_const(new)
 
-    def _register_const(self, slot: int) -> int:
-        self._runtime_consts.add(slot)
-        t = torch.from_numpy(np.ascontiguousarray(self._consts[slot]))
-        if t.dtype == torch.int32:
-            t = t.long()
-        self.register_buffer(f"const_{slot}", t, persistent=True)
-        self._const_loads.append((slot, f"const_{slot}"))
-        return slot
-
     def _build_reduce(self, node: _Node) -> None:
         axes = [int(a) for a in np.atleast_1d(self._const(node.inputs[1], node))]
         keep = node.b("keep_dims")
@@ -471,12 +413,19 @@ class TFJSGraphModule(nn.Module):
         size = tuple(int(v) for v in self._const(node.inputs[1], node))
         ac, hp = node.b("align_corners"), node.b("half_pixel_centers")
         src = self._as_nchw(self._runtime(node.inputs[0]), node)
-        if node.op == "ResizeNearestNeighbor":
-            if ac or hp:
-                raise UnsupportedOpError(node.op, node.name, "only legacy nearest mode")
-            self._emit(lambda x: F.interpolate(x, size=size, mode="nearest"), [src], node, "nchw")
-        else:
-            self._emit(lambda x: resize_bilinear(x, size, ac, hp), [src], node, "nchw")
+        if node.op == "ResizeNearestNeighbor" and (ac or hp):
+            raise UnsupportedOpError(node.op, node.name, "only legacy nearest mode")
+        nearest = node.op == "ResizeNearestNeighbor"
+
+        def make(native: list[tuple[int, ...]] | None) -> Callable[[Tensor], Tensor]:
+            def resize(x: Tensor) -> Tensor:  # the size the graph wrote, scaled as the input is
+                out = size if native is None else scaled_size(native[0][-2:], size, x.shape[-2:])
+                if nearest:
+                    return F.interpolate(x, size=out, mode="nearest")
+                return resize_bilinear(x, out, ac, hp)
+            return resize
+
+        self._emit(None, [src], node, "nchw", sized=make)
 
     def _build_pool(self, node: _Node) -> None:
         if node.s("data_format", "NHWC") != "NHWC":
@@ -485,7 +434,14 @@ class TFJSGraphModule(nn.Module):
         kernel, stride, padding = (k[1], k[2]), (s[1], s[2]), node.s("padding", "VALID")
         pool = max_pool if node.op == "MaxPool" else avg_pool
         src = self._as_nchw(self._runtime(node.inputs[0]), node)
-        self._emit(lambda x: pool(x, kernel, stride, padding), [src], node, "nchw")
+        whole = torch.amax if node.op == "MaxPool" else torch.mean
+
+        def make(native: list[tuple[int, ...]] | None) -> Callable[[Tensor], Tensor]:
+            if native is not None and padding == "VALID" and tuple(native[0][-2:]) == kernel:
+                return lambda x: whole(x, dim=(-2, -1), keepdim=True)  # pools the whole map at any size
+            return lambda x: pool(x, kernel, stride, padding)
+
+        self._emit(None, [src], node, "nchw", sized=make)
 
     def _build_shape_op(self, node: _Node) -> None:
         """Ops executed in TF layout (NHWC) because they depend on exact shapes / axis order."""
@@ -542,122 +498,3 @@ class TFJSGraphModule(nn.Module):
             index.append(slice(None if bm >> d & 1 else b, None if em >> d & 1 else e, s))
         key = tuple(index)
         self._emit(lambda x: x[key], [src], node, "plain")
-
-    def _finalize(self) -> None:
-        """Compute when each slot dies so forward can drop intermediate tensors early."""
-        keep = set(self._output_slots)
-        last_use: dict[int, int] = {}
-        for i, (_, ins, _, _) in enumerate(self._steps):
-            for s in ins:
-                last_use[s] = i
-        self._release: list[tuple[int, ...]] = [() for _ in self._steps]
-        for s, i in last_use.items():
-            if s not in keep and s not in self._runtime_consts:
-                self._release[i] += (s,)
-
-    # ------------------------------------------------------------------ execution
-    #: DeltaStream binds ``stream_state = {"key": bool | Tensor, "cache": dict}`` here before each frame.
-    supports_stream_state = True
-
-    def _static_plan(self, frozen: frozenset[str]) -> tuple[tuple[bool, ...], frozenset[int]]:
-        """Steps whose result can't change between keyframes when the convs in ``frozen`` output constants.
-
-        A step is static if it is a frozen conv, or if all its inputs are static (constants or static
-        results). Returns the skip flags and the border: static slots that dynamic steps or the graph's
-        outputs read, which a keyframe caches and a delta frame reuses instead of recomputing.
-        """
-        if frozen in self._plans:
-            return self._plans[frozen]
-        static = set(self._consts) | {slot for slot, _ in self._const_loads}
-        produced: set[int] = set()
-        skip = []
-        for _, ins, outs, mod in self._steps:
-            is_static = mod in frozen if mod is not None else bool(ins) and all(i in static for i in ins)
-            skip.append(is_static)
-            if is_static:
-                static.update(outs)
-                produced.update(outs)
-        border = {i for (_, ins, _, _), sk in zip(self._steps, skip, strict=True) if not sk for i in ins if i in produced}
-        border |= {o for o in self._output_slots if o in produced}
-        self._plans[frozen] = (tuple(skip), frozenset(border))
-        return self._plans[frozen]
-
-    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
-        if len(inputs) != len(self._input_slots):
-            raise TypeError(f"expected {len(self._input_slots)} inputs ({self.input_names}), got {len(inputs)}")
-        env: list[Any] = [None] * self._n_slots
-        for slot, x in zip(self._input_slots, inputs, strict=True):
-            env[slot] = x
-        buffers, convs = self._buffers, self.convs
-        for slot, name in self._const_loads:
-            env[slot] = buffers[name]
-        skip: tuple[bool, ...] = ()
-        border: frozenset[int] = frozenset()
-        state = getattr(self, "stream_state", None)
-        if state is not None and not isinstance(state["key"], bool):
-            state["cache"].clear()  # per-stream keyframes in one batch: no shared static part to reuse
-        elif state is not None:
-            frozen = frozenset(n for n, m in convs.items() if getattr(m, "output_is_constant", False))
-            if frozen:
-                plan_skip, border = self._static_plan(frozen)
-                cache = state["cache"]
-                if state["key"]:
-                    cache.clear()
-                elif cache.get("frozen") == frozen:  # a delta frame: reuse what cannot have changed
-                    skip = plan_skip
-                    for s_, v in cache["border"].items():
-                        env[s_] = v
-                    border = frozenset()
-        keep: dict[int, Tensor] = {}
-        for i, ((fn, ins, outs, mod), release) in enumerate(zip(self._steps, self._release, strict=True)):
-            if skip and skip[i]:
-                continue
-            if mod is None:
-                r = fn(*[env[j] for j in ins])
-            else:
-                r = fn(convs[mod], env[ins[0]])
-            if len(outs) == 1:
-                env[outs[0]] = r
-            else:
-                for o, v in zip(outs, r, strict=True):
-                    env[o] = v
-            if border:
-                keep.update((o, env[o]) for o in outs if o in border)
-            for s_ in release:
-                env[s_] = None
-        if border:  # a keyframe with frozen convs: remember the static part's border values
-            state["cache"].update(frozen=frozen, border=keep)
-        return tuple(env[s_] for s_ in self._output_slots)
-
-
-def conv_stats(model: nn.Module, *inputs: Tensor) -> dict[str, int]:
-    """Count conv modules (regular / depthwise / transposed) and their multiply-accumulates for one call."""
-    macs = 0
-    stats = {"conv": 0, "depthwise": 0, "transposed": 0}
-    hooks = []
-
-    def hook(m: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
-        nonlocal macs
-        if isinstance(m, nn.ConvTranspose2d):
-            x = args[0]
-            macs += x.numel() * m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-        else:
-            assert isinstance(m, nn.Conv2d)
-            macs += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    for m in model.modules():
-        if isinstance(m, nn.ConvTranspose2d):
-            stats["transposed"] += 1
-        elif isinstance(m, nn.Conv2d):
-            stats["depthwise" if m.groups > 1 and m.groups == m.in_channels else "conv"] += 1
-        else:
-            continue
-        hooks.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    stats["macs"] = macs
-    return stats

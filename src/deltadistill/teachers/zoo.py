@@ -21,7 +21,7 @@ centernet.ts`` / ``src/segmentation/selfie.ts``):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -73,6 +73,7 @@ class Teacher(nn.Module):
         super().__init__()
         self.spec = spec
         self.name = spec.name
+        self.source = spec.name  # what `deltadistill.teacher_resolve` takes to make this teacher again
         self.task = spec.task
         self.input_size = spec.input_size
         self.class_names = list(spec.class_names)
@@ -134,11 +135,21 @@ def available() -> list[str]:
     return sorted(SPECS)
 
 
-def load(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Teacher:
-    """Fetch (if not cached) and convert teacher ``name``; returned in eval mode on CPU."""
+def load(name: str, cache_dir: str | os.PathLike[str] | None = None,
+         input_size: tuple[int, int] | None = None) -> Teacher:
+    """Fetch (if not cached) and convert teacher ``name``; returned in eval mode on CPU.
+
+    ``input_size`` ``(H, W)`` runs it at another size than its native one: the graph's resizes and
+    whole-map pools follow the input (sides should be multiples of 32).
+    """
     if name not in SPECS:
         raise KeyError(f"unknown teacher {name!r}; available: {available()}")
     spec = SPECS[name]
+    if input_size is not None:
+        h, w = (int(v) for v in input_size)
+        if h % 32 or w % 32:
+            raise ValueError(f"{name} runs at sizes that are multiples of 32, not {h}x{w}")
+        spec = replace(spec, input_size=(h, w))
     path = fetch(name, cache_dir) / f"{name}.json"
     graph = TFJSGraphModule(path, outputs=list(spec.outputs))
     return _CLASSES[name](spec, graph).eval()
