@@ -43,6 +43,11 @@ CASES = [
     ("run --teacher selfie --video {V} --video {V} --jsonl {O}", "give --out-dir"),
     ("run --teacher selfie --jsonl {O}", "no videos"),
     ("run --teacher selfie --video {V} --videos-from /nope.txt --jsonl {O}", "video list not found"),
+    ("run --teacher {U} --video {V} --jsonl {O}", "unsupported ONNX op 'NonZero' in node 'find_them' (inputs: y)"),
+    ("bench --teacher {X} --video {V} --sparse 0.1 --start 20 --json {O}", "is not a readable ONNX model"),
+    ("run --teacher ppocr-det --video {V} --input-size 100x7 --jsonl {O}", "multiples of 32, got 100x7"),
+    ("run --teacher ppocr-det --video {V} --input-size big --jsonl {O}", "--input-size must be HxW"),
+    ("distill --teacher {N} --videos {V} --value-range 1 --out {O}", "--value-range must be low,high"),
 ]
 
 
@@ -59,8 +64,27 @@ def places(tmp_path_factory) -> dict[str, str]:
     for _, layer in dd.modes.delta_layers(model):
         layer.students["sparse"].threshold.fill_(0.1)
     dd.save(dd.deploy(model), root / "selfie_model", extra={"teacher": "selfie"})
+    (root / "text.onnx").write_text("not a graph\n")
+    _onnx_files(root)
     return {"V": str(default_videos()["bikes"]), "T": str(root / "text.mp4"), "D": str(root / "dir"),
-            "F": str(root / "full"), "M": str(root / "selfie_model"), "root": str(root)}
+            "F": str(root / "full"), "M": str(root / "selfie_model"), "root": str(root),
+            "U": str(root / "nonzero.onnx"), "X": str(root / "text.onnx"), "N": str(root / "net.onnx")}
+
+
+def _onnx_files(root: Path) -> None:
+    """``nonzero.onnx``: a conv, then an op the importer lacks; ``net.onnx``: a conv the importer takes."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])
+    for name, nodes, out in (
+            ("nonzero", [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+                         helper.make_node("NonZero", ["y"], ["z"], name="find_them")], "z"),
+            ("net", [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "y")):
+        graph = helper.make_graph(nodes, name, [x], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], [w])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / f"{name}.onnx")
 
 
 @pytest.mark.parametrize("line,words", CASES, ids=[c[0].split(" --")[0] + ": " + c[1] for c in CASES])

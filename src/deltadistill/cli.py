@@ -22,9 +22,37 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, P
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a missing model: one clear line, no traceback."""
     from deltadistill.runtime import ExportError
-    from deltadistill.teachers import TeacherFetchError
+    from deltadistill.teachers import TeacherFetchError, UnsupportedOpError
 
-    return (*USER_ERRORS, TeacherFetchError, ExportError, FileExistsError)
+    return (*USER_ERRORS, TeacherFetchError, ExportError, FileExistsError, UnsupportedOpError)
+
+
+INPUT_SIZE_HELP = ("HxW to run the teacher at (imported graphs with open sizes default to the video's frame "
+                   "size, rounded up to the multiple their strides need)")
+VALUE_RANGE_HELP = "imported graphs: what the graph expects for black,white, e.g. -1,1 (default 0,1)"
+TASK_HELP = ("imported graphs: map (score the output maps against the teacher's) or segmentation "
+             "(channel 0 is a foreground probability); default map")
+
+
+def _teacher(name: str, input_size: Optional[str], value_range: Optional[str], task: Optional[str],
+             video: Optional[Path] = None, model_dir: Optional[Path] = None):
+    """The teacher, as given on the command line (and as a model directory records it)."""
+    from deltadistill.teacher_resolve import parse_range, parse_size, resolve_recorded, resolve_teacher
+
+    size, vr = parse_size(input_size), parse_range(value_range)
+    if model_dir is not None:
+        from deltadistill.runtime.resolve import model_record
+
+        record = model_record(model_dir)
+        if record.get("teacher") is not None and size is None:
+            return resolve_recorded(name, record, value_range=vr, task=task)
+    frame = None
+    if video is not None and size is None:
+        from deltadistill.video import video_info
+
+        info = video_info(video)
+        frame = (info.height, info.width)
+    return resolve_teacher(name, input_size=size, value_range=vr, task=task, frame_size=frame)
 
 
 def _fail(e: BaseException) -> None:
@@ -34,8 +62,12 @@ def _fail(e: BaseException) -> None:
 
 @app.command()
 def distill(
-    teacher: str = typer.Option(..., help="teacher name (centernet, selfie, tinyseg) or TF.js model.json"),
+    teacher: str = typer.Option(..., help="teacher name (centernet, selfie, tinyseg), an .onnx file or a TF.js "
+                                "model.json"),
     videos: list[Path] = typer.Option(..., help="training videos (any format ffmpeg reads)"),
+    input_size: Optional[str] = typer.Option(None, help=INPUT_SIZE_HELP),
+    value_range: Optional[str] = typer.Option(None, help=VALUE_RANGE_HELP),
+    task: Optional[str] = typer.Option(None, help=TASK_HELP),
     out: Path = typer.Option(..., help="output directory: checkpoints/, model/, result.json"),
     steps: int = typer.Option(200, min=0),
     budget: Optional[float] = typer.Option(None, help="target delta-frame cost, fraction of the teacher's MACs"),
@@ -56,13 +88,12 @@ def distill(
 ) -> None:
     """Train students and gates on unlabelled video against the teacher's own predictions."""
     import deltadistill as dd
-    from deltadistill.teacher_resolve import resolve_teacher
     from deltadistill.train.checkpointing import check_writable
     from deltadistill.video import VideoClips
 
     try:
         check_writable(out)
-        model = resolve_teacher(teacher)
+        model = _teacher(teacher, input_size, value_range, task, video=videos[0] if videos else None)
         hw = (size, size) if size else tuple(getattr(model, "input_size", (256, 256)))
         clips = VideoClips(videos, clip_len=clip_len, max_interval=keyframe_interval, size=hw, seed=seed,
                            value_range=getattr(model, "input_range", 1.0))
@@ -90,7 +121,11 @@ def distill(
 
 @app.command()
 def demo(
-    teacher: str = typer.Option("centernet", help="centernet (detection) or selfie (segmentation)"),
+    teacher: str = typer.Option("centernet", help="centernet (detection), selfie (segmentation), or an .onnx "
+                                "file (scored as a map; sparse students at a generic threshold)"),
+    input_size: Optional[str] = typer.Option(None, help=INPUT_SIZE_HELP),
+    value_range: Optional[str] = typer.Option(None, help=VALUE_RANGE_HELP),
+    task: Optional[str] = typer.Option(None, help=TASK_HELP),
     out: Path = typer.Option(Path("runs/demo"), help="output directory"),
     quick: bool = typer.Option(False, help="a ~2 minute version (fewer steps and frames), as CI runs"),
     threads: int = typer.Option(0, help="torch threads (0: torch's default)"),
@@ -101,7 +136,8 @@ def demo(
     from deltadistill.demo import run_demo
 
     try:
-        run_demo(teacher, out, quick=quick, threads=threads or None, steps=steps, budget=budget)
+        run_demo(teacher, out, quick=quick, threads=threads or None, steps=steps, budget=budget,
+                 teacher_options={"input_size": input_size, "value_range": value_range, "task": task})
     except _user_errors() as e:
         _fail(e)
 
@@ -115,8 +151,11 @@ def _floats(text: str, what: str) -> list[float]:
 
 @app.command()
 def bench(
-    teacher: str = typer.Option(..., help="teacher name or TF.js model.json"),
+    teacher: str = typer.Option(..., help="teacher name, an .onnx file or a TF.js model.json"),
     video: Path = typer.Option(..., help="video to run both models on"),
+    input_size: Optional[str] = typer.Option(None, help=INPUT_SIZE_HELP),
+    value_range: Optional[str] = typer.Option(None, help=VALUE_RANGE_HELP),
+    task: Optional[str] = typer.Option(None, help=TASK_HELP),
     model: Optional[Path] = typer.Option(None, help="a model directory written by distill/demo/save; "
                                          "without it, --budget calibrates one (no training)"),
     budget: Optional[float] = typer.Option(None, help="with no --model: calibrate a model whose delta frame "
@@ -142,7 +181,6 @@ def bench(
     """Teacher vs delta model on the same frames, in one process: MACs, ms, speedup, accuracy, consistency."""
     from deltadistill.bench import calibrated_model, evaluate_on_video, load_delta_model, sparse_model
     from deltadistill.report import table, write_json
-    from deltadistill.teacher_resolve import resolve_teacher
 
     try:
         from deltadistill.files import check_output_file
@@ -158,7 +196,7 @@ def bench(
             import torch
 
             torch.set_num_threads(threads)
-        t = resolve_teacher(teacher)
+        t = _teacher(teacher, input_size, value_range, task, video=video, model_dir=model)
         calib = None
         if model is None or sweep_budgets:
             calib = _calibration_clips(t, video, start, calib_videos, keyframe_interval)
@@ -172,7 +210,8 @@ def bench(
                  else f"calibrated, budget {budget:g}")
         stop = start + frames if frames else None
         report, _ = evaluate_on_video(t, m, video, keyframe_interval=keyframe_interval, start=start, stop=stop,
-                                      out_video=render, name=teacher, compile=compile, backend=backend,
+                                      out_video=render, name=getattr(t, "name", teacher), compile=compile,
+                                      backend=backend,
                                       scene_cut=scene_cut or None)
         if sweep:
             from deltadistill.bench import sweep as run_sweep
@@ -191,14 +230,14 @@ def bench(
         typer.echo(f"report: {json_out}")
 
 
-def _load_for_run(model: Optional[Path], teacher: Optional[str]):
+def _load_for_run(model: Optional[Path], teacher: Optional[str], input_size: Optional[str] = None,
+                  value_range: Optional[str] = None, task: Optional[str] = None, video: Optional[Path] = None):
     """(teacher module, teacher name, deployed delta model or None) for `export` and `run`."""
     from deltadistill.bench import load_delta_model
     from deltadistill.runtime.resolve import is_export, pick_teacher
-    from deltadistill.teacher_resolve import resolve_teacher
 
     name = pick_teacher(model, teacher)
-    t = resolve_teacher(name)
+    t = _teacher(name, input_size, value_range, task, video=video, model_dir=model)
     m = load_delta_model(t, model) if model is not None and not is_export(model) else None
     return t, name, m
 
@@ -218,7 +257,9 @@ def export(
         t, name, m = _load_for_run(model, teacher)
         if m is None:
             raise ValueError(f"{model} is already an export")
-        meta = {"teacher": name, "task": getattr(t, "task", None),
+        from deltadistill.teacher_resolve import teacher_record
+
+        meta = {**teacher_record(t), "teacher": name, "task": getattr(t, "task", None),
                 "value_range": float(getattr(t, "input_range", 1.0))}
         export_dir(m, out, force=force, input_size=tuple(t.input_size), keyframe_interval=keyframe_interval,
                    meta=meta)
@@ -238,7 +279,10 @@ def run(
     render: bool = typer.Option(False, "--render", help="with several videos: also write annotated mp4s"),
     model: Optional[Path] = typer.Option(None, help="a model directory (distill/demo/save) or an export; "
                                          "without it, the plain teacher"),
-    teacher: Optional[str] = typer.Option(None, help="teacher name (default: the one the model records)"),
+    teacher: Optional[str] = typer.Option(None, help="teacher name or .onnx (default: the one the model records)"),
+    input_size: Optional[str] = typer.Option(None, help=INPUT_SIZE_HELP),
+    value_range: Optional[str] = typer.Option(None, help=VALUE_RANGE_HELP),
+    task: Optional[str] = typer.Option(None, help=TASK_HELP),
     out: Optional[Path] = typer.Option(None, help="annotated mp4"),
     jsonl: Optional[Path] = typer.Option(None, help="one JSON line per frame"),
     backend: str = typer.Option("torch", help="torch or onnxruntime (exports a checkpoint once, into MODEL/onnx)"),
@@ -254,21 +298,23 @@ def run(
     from deltadistill.runtime.batch import run_many, video_list
     from deltadistill.runtime.resolve import cached_export, is_export
     from deltadistill.runtime.run import BACKENDS, run_video
+    from deltadistill.teacher_resolve import teacher_record
 
     try:
         if backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-        t, name, m = _load_for_run(model, teacher)
+        videos = video_list(video, videos_from)
+        first = Path(videos[0]) if videos and Path(videos[0]).is_file() else None
+        t, name, m = _load_for_run(model, teacher, input_size, value_range, task, video=first)
         onnx_dir = None
         if backend == "onnxruntime":
             if model is None:
                 raise ValueError("--backend onnxruntime runs an exported delta model: give --model")
             onnx_dir = model if is_export(model) else cached_export(
                 m, model, input_size=tuple(t.input_size), keyframe_interval=keyframe_interval,
-                meta={"teacher": name, "task": getattr(t, "task", None)})
+                meta={**teacher_record(t), "teacher": name, "task": getattr(t, "task", None)})
         elif model is not None and m is None:
             raise ValueError(f"{model} is an ONNX export: run it with --backend onnxruntime")
-        videos = video_list(video, videos_from)
 
         def one(v: str, mp4: Optional[Path], lines: Optional[Path]):
             return run_video(t, v, model=m, onnx_dir=onnx_dir, keyframe_interval=keyframe_interval, out=mp4,

@@ -21,6 +21,7 @@ from .config import DeltaConfig
 from .convert import convert
 from .deploy import deploy
 from .report import plot, table, write_json
+from .teacher_resolve import teacher_record
 from .train import distill, sparsify
 from .video import VideoClips, default_videos, video_info
 
@@ -63,19 +64,30 @@ def say(msg: str) -> None:
     print(f"[deltadistill demo] {msg}", flush=True)
 
 
+#: an imported graph (``--teacher model.onnx``): sparse students at a middling threshold, no training
+IMPORTED_PLAN = DemoPlan(("carphone_pristine", "bigbuckbunny"), "bikes", keyframe_interval=4, budget=0.25,
+                         steps=300, quick_steps=30, quick_frames=24, sparse_level=0.05)
+
+
 def run_demo(teacher_name: str = "centernet", out: str | Path = "runs/demo", quick: bool = False,
              threads: int | None = None, seed: int = 0, steps: int | None = None,
-             budget: float | None = None) -> dict:
+             budget: float | None = None, teacher_options: dict | None = None) -> dict:
     """Run the whole job; returns the report dict (also written to ``out/report.json``).
 
     ``steps`` and ``budget`` override the teacher's plan (for longer runs and sweeps); either one turns
     a sparse plan back into the gate search over low-rank students that they describe.
+    ``teacher_name`` may also be an ``.onnx`` or TF.js ``model.json`` path; ``teacher_options``
+    (``input_size``, ``value_range``, ``task``, as the command line spells them) then apply to it.
     """
-    from . import teachers
+    from .teacher_resolve import parse_range, parse_size, resolve_teacher
+    from .teachers.packaged import PACKAGED
 
-    if teacher_name not in PLANS:
-        raise ValueError(f"no demo for teacher {teacher_name!r}; choose from {sorted(PLANS)}")
-    plan, out = PLANS[teacher_name], Path(out)
+    opts = {k: v for k, v in (teacher_options or {}).items() if v}
+    imported = Path(teacher_name).suffix in (".onnx", ".json") or teacher_name in PACKAGED
+    if not imported and teacher_name not in PLANS:
+        raise ValueError(f"no demo for teacher {teacher_name!r}; choose from {sorted([*PLANS, *PACKAGED])} "
+                         "or give an .onnx file")
+    plan, out = (IMPORTED_PLAN if imported else PLANS[teacher_name]), Path(out)
     if budget is not None:
         plan = replace(plan, budget=budget)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,8 +95,12 @@ def run_demo(teacher_name: str = "centernet", out: str | Path = "runs/demo", qui
         torch.set_num_threads(threads)
     t0 = time.time()
     say(f"1/6 fetching and converting teacher '{teacher_name}' (cached after the first run)")
-    teacher = teachers.load(teacher_name)
     videos = default_videos()
+    eval_info = video_info(videos[plan.eval_video])
+    teacher = resolve_teacher(teacher_name, input_size=parse_size(opts.get("input_size")),
+                              value_range=parse_range(opts.get("value_range")), task=opts.get("task"),
+                              frame_size=(eval_info.height, eval_info.width))
+    teacher_name = getattr(teacher, "name", teacher_name)
     sparse = plan.sparse_level is not None and steps is None and budget is None
     config = DeltaConfig(student="sparse") if sparse else DeltaConfig(reduction=plan.reduction,
                                                                        candidates=plan.candidates)
@@ -112,7 +128,7 @@ def run_demo(teacher_name: str = "centernet", out: str | Path = "runs/demo", qui
         trained = {"distill": result.to_json()}
         choices = result.choices
     deploy(model)
-    save(model, out / "model", extra={"teacher": teacher_name, **trained})
+    save(model, out / "model", extra={**teacher_record(teacher), **trained})
     info = video_info(videos[plan.eval_video])
     # a video that neither training nor calibration saw is scored whole: its first 70% includes scene cuts
     # and fast motion that its last 30% lacks, and a 75-frame window flattered delta models (BENCHMARKS note 17)

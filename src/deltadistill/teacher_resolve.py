@@ -1,8 +1,10 @@
-"""Turn a teacher name or path, as given on the command line, into a module."""
+"""Turn a teacher name or path, as given on the command line or recorded in a model, into a module."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,20 +18,121 @@ class TeacherError(ValueError):
     """An unknown teacher name or an unusable teacher file."""
 
 
-def resolve_teacher(name_or_path: str) -> nn.Module:
-    """``tinyseg`` (built-in, random weights: for tests), a zoo name (``centernet``, ``selfie``),
-    or the path of a TF.js graph model (``model.json``)."""
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"HxW"`` (or one number for a square) -> ``(H, W)``."""
+    if not text:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        raise TeacherError(f"--input-size must be HxW, e.g. 480x640, not {text!r}") from None
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) <= 0:
+        raise TeacherError(f"--input-size must be HxW with positive sides, not {text!r}")
+    return size  # type: ignore[return-value]
+
+
+def parse_range(text: str | None) -> tuple[float, float] | None:
+    """``"lo,hi"`` -> ``(lo, hi)``: what the graph expects for black and white."""
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise TeacherError(f"--value-range must be low,high, e.g. -1,1, not {text!r}") from None
+    return lo, hi
+
+
+def resolve_teacher(name_or_path: str, input_size: tuple[int, int] | None = None,
+                    value_range: tuple[float, float] | None = None, task: str | None = None,
+                    frame_size: tuple[int, int] | None = None) -> nn.Module:
+    """``tinyseg`` (built-in, random weights: for tests), a zoo name (``centernet``, ``selfie``), the
+    path of an ONNX model (``.onnx``) or of a TF.js graph model (``model.json``).
+
+    ``input_size`` runs the teacher at that size. Without it, a graph whose sizes are open takes
+    ``frame_size`` (the video's), rounded up to the multiple its strides need. ``value_range`` and
+    ``task`` apply to imported graphs (see `teachers.from_onnx`).
+    """
     if name_or_path in BUILTIN:
+        if input_size or value_range or task:
+            raise TeacherError(f"{name_or_path} is built in: --input-size, --value-range and --task are for imported graphs")
         torch.manual_seed(0)
-        return BUILTIN[name_or_path]().eval()
+        model = BUILTIN[name_or_path]().eval()
+        model.source = name_or_path
+        return model
     from . import teachers
+    from .teachers.packaged import PACKAGED, load_packaged
 
     path = Path(name_or_path)
-    if path.suffix == ".json":
+    if path.suffix in (".onnx", ".json"):
         if not path.is_file():
             raise TeacherError(f"teacher file not found: {path}")
-        return teachers.from_tfjs(path)
+        make = teachers.from_onnx if path.suffix == ".onnx" else teachers.from_tfjs
+        kwargs: dict[str, Any] = {"value_range": value_range or (0.0, 1.0), "task": task or "map"}
+        return _imported(lambda size: make(path, input_size=size, **kwargs), input_size, frame_size)
+    if name_or_path in PACKAGED:
+        if value_range:
+            raise TeacherError(f"{name_or_path} has its own value range {PACKAGED[name_or_path].value_range}")
+        return _imported(lambda size: load_packaged(name_or_path, size, task), input_size, frame_size)
     if name_or_path in teachers.available():
-        return teachers.load(name_or_path)
+        if value_range or (task and task != teachers.zoo.SPECS[name_or_path].task):
+            raise TeacherError(f"{name_or_path} is a zoo teacher with its own value range and task")
+        return teachers.load(name_or_path, input_size=input_size)
     raise TeacherError(f"unknown teacher {name_or_path!r}: choose one of "
-                       f"{sorted([*BUILTIN, *teachers.available()])} or give a TF.js model.json path")
+                       f"{sorted([*BUILTIN, *teachers.available(), *PACKAGED])} or give an .onnx or TF.js "
+                       "model.json path")
+
+
+def _imported(make: Callable[[tuple[int, int] | None], nn.Module], input_size: tuple[int, int] | None,
+              frame_size: tuple[int, int] | None) -> nn.Module:
+    """``make(input_size)``, and for a graph whose sizes are open, at ``frame_size`` rounded up to its strides."""
+    from .teachers.imported import round_up
+    from .teachers.onnx_graph import OnnxImportError
+
+    try:
+        try:
+            teacher = make(None)  # a graph with a size of its own keeps it, unless told otherwise
+        except (OnnxImportError, ValueError) as e:
+            if "input_size" not in str(e) or (input_size is None and frame_size is None):
+                raise
+            teacher = make((256, 256))  # its sizes are open: this only learns its strides
+            if input_size is None:
+                input_size = round_up(frame_size, teacher.size_multiple)  # type: ignore[arg-type]
+    except (OnnxImportError, FileNotFoundError) as e:
+        raise TeacherError(str(e)) from None
+    if input_size is not None:
+        teacher.set_input_size(input_size)  # checks the size suits the graph's strides
+    return teacher
+
+
+def teacher_record(teacher: nn.Module) -> dict[str, Any]:
+    """What a saved model records so that `resolve_recorded` makes the same teacher again."""
+    rec: dict[str, Any] = {"teacher": getattr(teacher, "source", None) or getattr(teacher, "name", None)}
+    if hasattr(teacher, "input_size"):
+        rec["teacher_input_size"] = list(teacher.input_size)
+    if hasattr(teacher, "value_range"):
+        rec["teacher_value_range"] = list(teacher.value_range)
+        rec["teacher_task"] = teacher.task
+    return rec
+
+
+def resolve_recorded(name: str, record: Mapping[str, Any] | None, input_size: tuple[int, int] | None = None,
+                     value_range: tuple[float, float] | None = None, task: str | None = None) -> nn.Module:
+    """The teacher a model directory was made for, at the size (range, task) it records unless given."""
+    record = record or {}
+    size = input_size or (tuple(record["teacher_input_size"]) if record.get("teacher_input_size") else None)
+    if size is not None and name in BUILTIN:
+        size = None
+    if name not in BUILTIN and Path(name).suffix not in (".onnx", ".json") and size is not None:
+        from . import teachers
+
+        if name in teachers.available() and tuple(size) == teachers.zoo.SPECS[name].input_size:
+            size = None  # the native size: load it plainly
+    from .teachers.packaged import PACKAGED
+
+    vr = value_range or (tuple(record["teacher_value_range"]) if record.get("teacher_value_range") else None)
+    if name in PACKAGED:
+        vr = None  # a packaged teacher's range is its own
+    return resolve_teacher(name, input_size=size, value_range=vr, task=task or record.get("teacher_task"))

@@ -19,12 +19,17 @@ def is_export(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def model_teacher(path: str | Path) -> str | None:
-    """The teacher name a checkpoint or export records, if any."""
+def model_record(path: str | Path) -> dict[str, Any]:
+    """What a checkpoint or export records of its teacher (`teacher_resolve.teacher_record`)."""
     path = Path(path)
     if is_export(path):
-        return read_manifest(path).get("teacher")
-    return (read_meta(path).get("extra") or {}).get("teacher")
+        return dict(read_manifest(path))
+    return dict(read_meta(path).get("extra") or {})
+
+
+def model_teacher(path: str | Path) -> str | None:
+    """The teacher name a checkpoint or export records, if any."""
+    return model_record(path).get("teacher")
 
 
 def pick_teacher(model_dir: Path | None, given: str | None) -> str:
@@ -32,7 +37,7 @@ def pick_teacher(model_dir: Path | None, given: str | None) -> str:
     if model_dir is not None and not model_dir.is_dir():
         raise CheckpointError(f"model directory not found: {model_dir}")
     recorded = model_teacher(model_dir) if model_dir is not None else None
-    if given and recorded and Path(given).stem != recorded and given != recorded:
+    if given and recorded and Path(given).stem != Path(recorded).stem:
         raise CheckpointError(f"{model_dir} was made for teacher {recorded!r}, not {given!r}")
     name = given or recorded
     if not name:

@@ -51,8 +51,11 @@ class RunSummary:
                 f"on {self.backend}; {macs}")
 
 
-def frame_record(task_kind: str, i: int, key: bool, pred: Any, box, class_names: list[str] | None) -> dict:
-    """One JSON line: detections in source pixels, or a mask as COCO RLE (at the model's input size)."""
+def frame_record(task_kind: str, i: int, key: bool, pred: Any, box, class_names: list[str] | None,
+                 threshold: float = 0.5) -> dict:
+    """One JSON line: detections in source pixels, a mask as COCO RLE (at the model's input size), or
+    for a ``map`` task a one-channel probability map as the RLE of the map at ``threshold`` and any
+    other map as its shape, mean and maximum."""
     rec: dict[str, Any] = {"frame": i, "keyframe": bool(key)}
     if task_kind == "detection":
         keep = pred["scores"] >= DETECTION_SCORE_THRESHOLD
@@ -65,7 +68,14 @@ def frame_record(task_kind: str, i: int, key: bool, pred: Any, box, class_names:
     else:
         from pycocotools import mask as mask_utils
 
-        m = np.asfortranarray((np.asarray(pred) >= 0.5).astype(np.uint8))
+        pred = np.asarray(pred)
+        if task_kind == "map":
+            if pred.shape[0] != 1 or pred.min() < 0 or pred.max() > 1:
+                rec["map"] = {"shape": list(pred.shape), "mean": round(float(pred.mean()), 5),
+                              "max": round(float(pred.max()), 5)}
+                return rec
+            pred = pred[0]
+        m = np.asfortranarray((pred >= threshold).astype(np.uint8))
         rle = mask_utils.encode(m)
         rec["mask"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii"),
                        "foreground": round(float(m.mean()), 4)}
@@ -134,7 +144,8 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
                     fixed = stream.manifest.get("macs", {})
                     if not fixed.get("data_dependent", True):
                         total_macs += fixed["keyframe"] if key else fixed["delta"]
-                rec = frame_record(kind, i, key, pred, box, getattr(teacher, "class_names", None))
+                rec = frame_record(kind, i, key, pred, box, getattr(teacher, "class_names", None),
+                                   getattr(teacher, "map_threshold", 0.5))
                 records.append(rec)
                 if on_frame is not None:
                     on_frame(i, rec)

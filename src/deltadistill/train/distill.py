@@ -230,7 +230,10 @@ def distill(
         out.mkdir(parents=True, exist_ok=True)
         save_file(weights, str(out / f"rank{d.rank}.safetensors"))
     if out is not None and d.main:
-        save(model, out / "model", include_teacher=finetune_teacher, extra={"distill": result.to_json()})
+        from ..teacher_resolve import teacher_record
+
+        save(model, out / "model", include_teacher=finetune_teacher,
+             extra={"distill": result.to_json(), **teacher_record(model)})
         atomic_write(out / "result.json", lambda p: p.write_text(json.dumps(result.to_json(), indent=1)))
     barrier(d)
     return result
