@@ -13,9 +13,9 @@ import argparse
 import torch
 
 from deltadistill import teachers
-from deltadistill.bench import evaluate_on_video, load_delta_model
-from deltadistill.demo import PLANS
-from deltadistill.report import speed_words
+from deltadistill.apps.bench import evaluate_on_video, load_delta_model
+from deltadistill.apps.demo import PLANS
+from deltadistill.apps.report import speed_words
 from deltadistill.video import default_videos
 
 try:

@@ -17,7 +17,7 @@ import torch
 
 import deltadistill as dd
 from deltadistill import teachers
-from deltadistill.bench import evaluate_on_video
+from deltadistill.apps.bench import evaluate_on_video
 from deltadistill.geometry import ConvGeometry
 from deltadistill.layer import DeltaConv2d
 from deltadistill.modes import delta_layers

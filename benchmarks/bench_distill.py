@@ -14,7 +14,7 @@ import torch
 
 import deltadistill as dd
 from deltadistill import teachers
-from deltadistill.bench import evaluate_on_video
+from deltadistill.apps.bench import evaluate_on_video
 from deltadistill.layer import DeltaConv2d
 from deltadistill.video import VideoClips, default_videos
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 import deltadistill as dd
-from deltadistill.bench import evaluate_on_video
-from deltadistill.report import speed_words
+from deltadistill.apps.bench import evaluate_on_video
+from deltadistill.apps.report import speed_words
 from deltadistill.teacher_resolve import resolve_teacher
 from deltadistill.video import VideoClips, default_videos, video_info
 

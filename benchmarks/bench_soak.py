@@ -10,7 +10,7 @@ import argparse
 import torch
 
 from deltadistill import teachers
-from deltadistill.bench import load_delta_model
+from deltadistill.apps.bench import load_delta_model
 from deltadistill.soak import soak
 from deltadistill.video import default_videos, iter_frames
 

@@ -12,7 +12,7 @@ import torch
 
 import deltadistill as dd
 from deltadistill import teachers
-from deltadistill.bench import evaluate_on_video
+from deltadistill.apps.bench import evaluate_on_video
 from deltadistill.video import VideoClips, default_videos, video_info
 
 

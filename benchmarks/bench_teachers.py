@@ -14,9 +14,9 @@ import argparse
 import torch
 
 from deltadistill import teachers
-from deltadistill.bench import calibrated_model, evaluate_on_video, load_delta_model
-from deltadistill.demo import PLANS, TRAIN_FRACTION
-from deltadistill.report import REPEAT_NOTE, rival_words, speed_words
+from deltadistill.apps.bench import calibrated_model, evaluate_on_video, load_delta_model
+from deltadistill.apps.demo import PLANS, TRAIN_FRACTION
+from deltadistill.apps.report import REPEAT_NOTE, rival_words, speed_words
 from deltadistill.video import VideoClips, default_videos, video_info
 
 try:

@@ -212,7 +212,7 @@ def test_output_sensitivity_predicts_each_layers_real_output_error(tiny: nn.Modu
 
 
 def test_distillation_raises_the_recovered_share() -> None:
-    from deltadistill.evaluate import recovered_share
+    from deltadistill.recovery import recovered_share
 
     torch.manual_seed(0)
     teacher = trained_bn(dd.models.TinySegNet())

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import deltadistill as dd
-from deltadistill.evaluate import compare
-from deltadistill.report import table
+from deltadistill.apps.evaluate import compare
+from deltadistill.apps.report import table
 
 from .conftest import make_video, trained_bn
 

@@ -14,7 +14,7 @@ import torch
 
 import deltadistill as dd
 from deltadistill import teachers
-from deltadistill.demo import PLANS
+from deltadistill.apps.demo import PLANS
 from deltadistill.modes import delta_layers
 from deltadistill.runtime import export_onnx, read_manifest
 from deltadistill.runtime.onnx_stream import OnnxStream

@@ -1,5 +1,5 @@
 """`python -m deltadistill` (which `torchrun -m deltadistill` needs) runs the CLI."""
 
-from .cli import app
+from .apps.cli import app
 
 app()

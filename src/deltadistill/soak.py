@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .evaluate import first_output_map
 from .modes import mode
+from .recovery import first_output_map
 from .stream import DeltaStream
 
 

@@ -19,11 +19,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..evaluate import first_output_map, stream_change
 from ..geometry import ConvGeometry
 from ..layer import DeltaConv2d
 from ..macs import MacReport, count_macs
 from ..modes import delta_layers, mode
+from ..recovery import first_output_map, stream_change
 from ..students import SparseStudent
 
 FACTORS = (0.5, 2.0)

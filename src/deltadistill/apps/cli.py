@@ -133,7 +133,7 @@ def demo(
     budget: Optional[float] = typer.Option(None, help="override the plan's delta-frame MAC budget"),
 ) -> None:
     """The main job on the built-in default: fetch, convert, distill, evaluate, report, render."""
-    from deltadistill.demo import run_demo
+    from deltadistill.apps.demo import run_demo
 
     try:
         run_demo(teacher, out, quick=quick, threads=threads or None, steps=steps, budget=budget,
@@ -179,8 +179,8 @@ def bench(
                                     "(mean |change| / mean |frame|; 0.15 catches cuts), for the rival too"),
 ) -> None:
     """Teacher vs delta model on the same frames, in one process: MACs, ms, speedup, accuracy, consistency."""
-    from deltadistill.bench import calibrated_model, evaluate_on_video, load_delta_model, sparse_model
-    from deltadistill.report import table, write_json
+    from deltadistill.apps.bench import calibrated_model, evaluate_on_video, load_delta_model, sparse_model
+    from deltadistill.apps.report import table, write_json
 
     try:
         from deltadistill.files import check_output_file
@@ -214,7 +214,7 @@ def bench(
                                       backend=backend,
                                       scene_cut=scene_cut or None)
         if sweep:
-            from deltadistill.bench import sweep as run_sweep
+            from deltadistill.apps.bench import sweep as run_sweep
 
             png = (json_out or Path("bench.json")).with_suffix(".pareto.png")
             report["sweep"] = run_sweep(t, m, video, [int(k) for k in intervals.split(",")], png, start, stop,
@@ -233,7 +233,7 @@ def bench(
 def _load_for_run(model: Optional[Path], teacher: Optional[str], input_size: Optional[str] = None,
                   value_range: Optional[str] = None, task: Optional[str] = None, video: Optional[Path] = None):
     """(teacher module, teacher name, deployed delta model or None) for `export` and `run`."""
-    from deltadistill.bench import load_delta_model
+    from deltadistill.apps.bench import load_delta_model
     from deltadistill.runtime.resolve import is_export, pick_teacher
 
     name = pick_teacher(model, teacher)

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import save
+from ..config import DeltaConfig
+from ..convert import convert
+from ..deploy import deploy
+from ..teacher_resolve import teacher_record
+from ..train import distill, sparsify
+from ..video import VideoClips, default_videos, video_info
 from .bench import evaluate_on_video
-from .checkpoint import save
-from .config import DeltaConfig
-from .convert import convert
-from .deploy import deploy
 from .report import plot, table, write_json
-from .teacher_resolve import teacher_record
-from .train import distill, sparsify
-from .video import VideoClips, default_videos, video_info
 
 TRAIN_FRACTION = 0.7
 
@@ -79,8 +79,8 @@ def run_demo(teacher_name: str = "centernet", out: str | Path = "runs/demo", qui
     ``teacher_name`` may also be an ``.onnx`` or TF.js ``model.json`` path; ``teacher_options``
     (``input_size``, ``value_range``, ``task``, as the command line spells them) then apply to it.
     """
-    from .teacher_resolve import parse_range, parse_size, resolve_teacher
-    from .teachers.packaged import PACKAGED
+    from ..teacher_resolve import parse_range, parse_size, resolve_teacher
+    from ..teachers.packaged import PACKAGED
 
     opts = {k: v for k, v in (teacher_options or {}).items() if v}
     imported = Path(teacher_name).suffix in (".onnx", ".json") or teacher_name in PACKAGED
@@ -159,6 +159,6 @@ def _count(choices: dict[str, str]) -> dict[str, int]:
 
 
 def _macs(model, teacher, k):
-    from .macs import count_macs
+    from ..macs import count_macs
 
     return count_macs(model, (3, *teacher.input_size), k)

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from ..files import atomic_write
+from ..macs import MacReport
 from .evaluate import Comparison
-from .files import atomic_write
-from .macs import MacReport
 
 
 def build_report(teacher_name: str, video: str, cmp: Comparison, macs: MacReport, accuracy: dict[str, Any],

@@ -18,20 +18,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load, read_meta
-from .config import DeltaConfig
-from .convert import convert
-from .deploy import deploy
+from ..checkpoint import load, read_meta
+from ..config import DeltaConfig
+from ..convert import convert
+from ..deploy import deploy
+from ..layer import DeltaConv2d
+from ..macs import count_macs, has_measured_macs, measured_delta_macs
+from ..rival import rival_equal_macs
+from ..stream import SceneCut, keyframe_flags
+from ..tasks import task_for
+from ..traffic import measure_traffic
+from ..train.calibrate import calibrate, sparsify
+from ..video import VideoWriter, iter_frames, side_by_side, video_info
 from .evaluate import Comparison, compare
-from .layer import DeltaConv2d
-from .macs import count_macs, has_measured_macs, measured_delta_macs
 from .report import build_report
-from .rival import rival_equal_macs
-from .stream import SceneCut, keyframe_flags
-from .tasks import task_for
-from .traffic import measure_traffic
-from .train.calibrate import calibrate, sparsify
-from .video import VideoWriter, iter_frames, side_by_side, video_info
 
 
 def load_delta_model(teacher: nn.Module, model_dir: str | Path) -> nn.Module:
@@ -136,8 +136,8 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
 def _onnx_runners(teacher: nn.Module, model: nn.Module, tmp: Path, size: tuple[int, ...], k: int,
                   policy: Any = None) -> tuple:
     """The exported teacher and the exported delta model's stream, each on onnxruntime."""
-    from .runtime.export import export_onnx, export_plain_onnx
-    from .runtime.onnx_stream import OnnxModel, OnnxStream
+    from ..runtime.export import export_onnx, export_plain_onnx
+    from ..runtime.onnx_stream import OnnxModel, OnnxStream
 
     threads = torch.get_num_threads()
     export_onnx(model, tmp / "delta", input_size=tuple(size), keyframe_interval=k)
