@@ -347,12 +347,6 @@ def _conv(g: OnnxGraphModule, node: Any) -> None:
     mode, pads = _conv_pads(node, a, kernel, stride, dilation)
     conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], kernel, stride=stride, dilation=dilation, groups=groups,
                      padding=pads if mode == "module" else 0, bias=bias is not None)
-    with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(w))
-        if bias is not None:
-            conv.bias.copy_(torch.from_numpy(np.array(bias, dtype=np.float32)))  # type: ignore[union-attr]
-    name = g._add_conv(node.name or node.output[0], conv)
-    g._conv_of[node.output[0]] = name
     if mode == "module":
         run: Callable[[nn.Module, Tensor], Tensor] = lambda m, x: m(x)  # noqa: E731
     elif mode == "explicit":
@@ -360,6 +354,18 @@ def _conv(g: OnnxGraphModule, node: Any) -> None:
     else:
         upper = mode == "same_upper"
         run = lambda m, x: m(_same_pad(x, kernel, stride, dilation, upper))  # noqa: E731
+    _add_conv_step(g, node, conv, w, bias, run)
+
+
+def _add_conv_step(g: OnnxGraphModule, node: Any, conv: nn.Module, w: np.ndarray, bias: Any,
+                   run: Callable[[nn.Module, Tensor], Tensor]) -> None:
+    """Load the weights into ``conv``, register it, and emit the step that calls it by name."""
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(w))
+        if bias is not None:
+            conv.bias.copy_(torch.from_numpy(np.array(bias, dtype=np.float32)))  # type: ignore[union-attr]
+    name = g._add_conv(node.name or node.output[0], conv)
+    g._conv_of[node.output[0]] = name
     g._step(run, [g.runtime(node.input[0])], [g._slot(node.output[0])], name)
 
 
@@ -379,13 +385,7 @@ def _conv_transpose(g: OnnxGraphModule, node: Any) -> None:
         raise g.unsupported(node, f"asymmetric pads {a.get('pads')}")
     deconv = nn.ConvTranspose2d(w.shape[0], w.shape[1] * groups, kernel, stride=stride, padding=(top, left),
                                 output_padding=out_pad, groups=groups, dilation=dilation, bias=bias is not None)
-    with torch.no_grad():
-        deconv.weight.copy_(torch.from_numpy(w))
-        if bias is not None:
-            deconv.bias.copy_(torch.from_numpy(np.array(bias, dtype=np.float32)))  # type: ignore[union-attr]
-    name = g._add_conv(node.name or node.output[0], deconv)
-    g._conv_of[node.output[0]] = name
-    g._step(lambda m, x: m(x), [g.runtime(node.input[0])], [g._slot(node.output[0])], name)
+    _add_conv_step(g, node, deconv, w, bias, lambda m, x: m(x))
 
 
 @_op("BatchNormalization")
