@@ -139,3 +139,34 @@ def test_clip_frames_are_indexed_by_position_not_timestamp(tmp_path, kind: str) 
         _, idx, jitter = ds.plan(i)
         clip = ds[i].permute(0, 2, 3, 1).numpy() * 255
         np.testing.assert_allclose(clip, ds.crop([direct[j] for j in idx], jitter), atol=1e-3)
+
+
+def test_a_clip_cut_off_in_the_middle_gives_its_good_frames_and_one_warning(tmp_path) -> None:
+    """Matroska declares its duration up front: cut at half, it still decodes the frames before the
+    cut, and says once which frame was the last good one. (A cut mp4 or avi loses its index at the
+    end of the file: nothing is decodable, and that is a `VideoError`.)"""
+    import warnings
+
+    from deltadistill.video import VideoWarning
+
+    whole = tmp_path / "whole.mkv"
+    _write_clip(whole, "mpeg4", "matroska", n=28)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        frames = list(iter_frames(cut))
+    said = [w for w in seen if issubclass(w.category, VideoWarning)]
+    assert 0 < len(frames) < 28 and len(said) == 1
+    assert f"frame {len(frames) - 1} is the last good one" in str(said[0].message)
+    assert "cut.mkv" in str(said[0].message)
+    np.testing.assert_array_equal(frames, list(iter_frames(whole, stop=len(frames))))  # the same good frames
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert len(list(iter_frames(whole))) == 28
+    assert not [w for w in seen if issubclass(w.category, VideoWarning)]  # a whole file: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VideoWarning)
+        ds = VideoClips([cut], clip_len=3, max_interval=3, size=(64, 96))  # training uses the good frames
+        assert ds[0].shape == (3, 3, 64, 96)

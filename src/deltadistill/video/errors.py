@@ -3,3 +3,7 @@
 
 class VideoError(ValueError):
     """A video that is missing, empty, corrupt or has no video stream."""
+
+
+class VideoWarning(UserWarning):
+    """A video that is readable only in part: cut off or damaged after some good frames."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ import av
 import cv2
 import numpy as np
 
-from .errors import VideoError
+from .errors import VideoError, VideoWarning
 
 
 def default_videos() -> dict[str, Path]:
@@ -118,20 +119,46 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int] | None, fit: str = "lette
 
 def iter_frames(path: str | Path, size: tuple[int, int] | None = None, fit: str = "letterbox",
                 start: int = 0, stop: int | None = None, step: int = 1) -> Iterator[np.ndarray]:
-    """Yield uint8 RGB frames ``start:stop:step``, decoded one by one and fitted to ``size`` (H, W)."""
+    """Yield uint8 RGB frames ``start:stop:step``, decoded one by one and fitted to ``size`` (H, W).
+
+    A file that is cut off or damaged part-way yields the frames before the damage and then warns
+    once, naming the last good frame; one with no decodable frame at all is a `VideoError`.
+    """
     container = _open(path)
     try:
+        declared = _declared_frames(container)
         decoded = 0
-        for i, frame in enumerate(container.decode(video=0)):
-            decoded += 1
-            if stop is not None and i >= stop:
-                break
-            if i < start or (i - start) % step:
-                continue
-            yield fit_frame(frame.to_ndarray(format="rgb24"), size, fit)[0]
+        try:
+            for i, frame in enumerate(container.decode(video=0)):
+                decoded += 1
+                if stop is not None and i >= stop:
+                    return
+                if i < start or (i - start) % step:
+                    continue
+                yield fit_frame(frame.to_ndarray(format="rgb24"), size, fit)[0]
+        except av.error.FFmpegError as e:
+            if decoded == 0:
+                raise VideoError(f"video {path} is corrupt: decoding failed ({e})") from e
+            _warn_cut(path, decoded, f"decoding failed after it ({e})")
+            return
         if decoded == 0:
             raise VideoError(f"video has no decodable frames: {path}")
-    except av.error.FFmpegError as e:
-        raise VideoError(f"video {path} is corrupt: decoding failed ({e})") from e
+        if declared and decoded < declared - max(2, declared // 20) and (stop is None or stop > decoded):
+            _warn_cut(path, decoded, f"the file declares {declared} frames: it is cut off or damaged")
     finally:
         container.close()
+
+
+def _declared_frames(container: av.container.InputContainer) -> int:
+    """Frames the container says it holds (its count, or its duration times the rate); 0 if it says nothing."""
+    s = container.streams.video[0]
+    if s.frames:
+        return int(s.frames)
+    if container.duration and s.average_rate:
+        return int(round(container.duration / 1e6 * float(s.average_rate)))
+    return 0
+
+
+def _warn_cut(path: str | Path, decoded: int, why: str) -> None:
+    warnings.warn(f"{Path(str(path)).name}: frame {decoded - 1} is the last good one; {why}. Using the "
+                  f"{decoded} frames before the damage.", VideoWarning, stacklevel=3)
