@@ -283,3 +283,28 @@ def test_imported_teacher_distills_saves_and_runs_from_what_the_model_records(tm
     assert r.returncode == 0, r.stderr[-2000:]
     recs = [json.loads(x) for x in lines.read_text().splitlines()]
     assert len(recs) == 120 and recs[0]["mask"]["size"] == [144, 176]
+
+
+def test_map_task_scores_probability_maps_by_iou_and_other_maps_by_relative_error() -> None:
+    from deltadistill.tasks import MapTask
+
+    rng = np.random.default_rng(0)
+    prob = [rng.random((1, 8, 8)).astype(np.float32) for _ in range(3)]
+    task = MapTask(threshold=0.5)
+    assert task.accuracy(prob, prob)["value"] == 1.0 and task.metric.startswith("mIoU")
+    flipped = [1 - p for p in prob]  # every pixel on the other side of 0.5
+    assert task.accuracy(flipped, prob)["value"] < 0.1
+    raw = [rng.standard_normal((4, 8, 8)).astype(np.float32) for _ in range(3)]  # not a probability map
+    r = task.accuracy([x * 1.1 for x in raw], raw)
+    assert r["kind"] == "relative_error" and abs(r["value"] - 0.9) < 1e-6 and task.metric == "relative_accuracy_vs_teacher"
+
+
+def test_a_tfjs_graph_imports_as_a_teacher_like_the_zoo_one() -> None:
+    from deltadistill import teachers
+
+    zoo = teachers.load("selfie")
+    imported = teachers.from_tfjs(teachers.fetch("selfie") / "selfie.json")
+    assert imported.input_size == zoo.input_size and imported.task == "map"
+    x = torch.rand(1, 3, *zoo.input_size)
+    with torch.no_grad():
+        assert torch.equal(imported(x), zoo(x))
