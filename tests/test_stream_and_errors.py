@@ -279,3 +279,32 @@ def test_a_long_stream_keeps_memory_error_and_time_flat(tiny) -> None:
     assert len(result.interval_error) == 220 and s["error_start"] > 0
     assert s["rss_growth"] < 0.05  # no state piles up frame after frame
     assert s["error_end"] == pytest.approx(s["error_start"], rel=1e-5)  # no drift: each keyframe resets it all
+
+
+def test_scene_cut_guard_on_real_clips_joined_end_to_end_and_silent_within_a_shot() -> None:
+    """Two real videos joined: the guard keys the first frame of the second, whose output is then the
+    teacher's own, and counts K from there. Within one continuous shot (the whole of carphone and of
+    bigbuckbunny, at K=1000) it never fires."""
+    from deltadistill.stream import SceneCut
+    from deltadistill.video import default_videos, iter_frames
+
+    videos = default_videos()
+
+    def frames(name: str, start: int = 0, stop: int | None = None) -> list[torch.Tensor]:
+        return [torch.from_numpy(f).permute(2, 0, 1)[None].float() / 255
+                for f in iter_frames(videos[name], (64, 64), "letterbox", start, stop)]
+
+    model = dd.deploy(dd.convert(TinySegNet(), dd.DeltaConfig(student="compressed", reduction=2)))
+    joined = frames("carphone_pristine", 0, 10) + frames("bikes", 100, 110)  # no cut inside either part
+    stream = dd.DeltaStream(model, SceneCut(8, threshold=0.15))
+    keys = []
+    for t, x in enumerate(joined):
+        y = stream(x)
+        keys.append(bool(stream.last_key))
+        if t == 10:
+            with torch.no_grad(), dd.modes.mode(model, "teacher"):
+                assert torch.equal(y, model(x))  # the first frame of the new shot is the teacher's
+    assert [t for t, k in enumerate(keys) if k] == [0, 8, 10, 18]
+    for name in ("carphone_pristine", "bigbuckbunny"):
+        policy = SceneCut(1000, threshold=0.15)
+        assert [t for t, x in enumerate(frames(name)) if bool(policy(t, x))] == [0], name

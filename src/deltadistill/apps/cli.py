@@ -175,8 +175,9 @@ def bench(
     threads: int = typer.Option(0, help="torch threads for both models (0: torch's default)"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile both models (timed after compiling)"),
     backend: str = typer.Option("torch", help="torch, or onnxruntime: export both models and time the graphs"),
-    scene_cut: float = typer.Option(0.0, min=0.0, help="also a keyframe where the input jumps by more than this "
-                                    "(mean |change| / mean |frame|; 0.15 catches cuts), for the rival too"),
+    scene_cut: float = typer.Option(0.15, min=0.0, help="also a keyframe where the input jumps by more than this "
+                                    "(mean |change| / mean |frame|; cuts measure 0.2-0.35), for the rival too; "
+                                    "0: off"),
 ) -> None:
     """Teacher vs delta model on the same frames, in one process: MACs, ms, speedup, accuracy, consistency."""
     from deltadistill.apps.bench import calibrated_model, evaluate_on_video, load_delta_model, sparse_model
