@@ -284,3 +284,35 @@ def test_run_shards_videos_over_torchrun_and_a_rerun_skips_what_is_done(tmp_path
     assert "[rank 0]" in r.stdout and "[rank 1]" in r.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root, env=env)
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == 3
+
+
+def test_processes_asking_for_the_same_export_at_once_make_it_once(tiny, tmp_path: Path, monkeypatch) -> None:
+    """`torchrun ... run --backend onnxruntime`: every rank asks for MODEL/onnx at the same moment."""
+    import threading
+
+    from deltadistill.runtime import resolve
+
+    model = dd.deploy(dd.convert(copy.deepcopy(tiny), dd.DeltaConfig(student="compressed", reduction=2)))
+    dd.save(model, tmp_path / "m")
+    made, real = [], resolve.export_onnx
+
+    def counting(*a, **kw):
+        made.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(resolve, "export_onnx", counting)
+    got, errors = [], []
+
+    def ask() -> None:
+        try:
+            got.append(resolve.cached_export(model, tmp_path / "m", input_size=(32, 32), keyframe_interval=4))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(made) == 1 and len(got) == 3
+    assert read_manifest(tmp_path / "m" / "onnx")["keyframe_interval"] == 4

@@ -68,11 +68,28 @@ def export_dir(model: nn.Module, out: Path, *, force: bool = False, **kw: Any) -
 
 def cached_export(model: nn.Module, model_dir: Path, **kw: Any) -> Path:
     """The export of checkpoint ``model_dir``, made once into ``model_dir/onnx`` and reused while it
-    is newer than the checkpoint and for the same keyframe interval."""
+    is newer than the checkpoint and for the same keyframe interval.
+
+    Processes that ask at once (``torchrun ... run --backend onnxruntime``) take turns on a lock
+    file: the first exports, the others find its export, and none replaces a directory another
+    one is reading."""
+    import fcntl
+
+    try:
+        lock = open(model_dir / ".onnx.lock", "a")  # noqa: SIM115 - held for the whole export
+    except OSError as e:
+        raise PermissionError(f"cannot write beside {model_dir}: {e.strerror or e}") from e
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _cached_export(model, model_dir, **kw)
+
+
+def _cached_export(model: nn.Module, model_dir: Path, **kw: Any) -> Path:
     out = model_dir / "onnx"
     try:
         manifest = read_manifest(out)
-        newest = max((model_dir / f).stat().st_mtime for f in os.listdir(model_dir) if (model_dir / f).is_file())
+        newest = max((model_dir / f).stat().st_mtime for f in os.listdir(model_dir)
+                     if (model_dir / f).is_file() and not f.startswith("."))
         if (out / MANIFEST).stat().st_mtime >= newest and manifest.get("keyframe_interval") == kw.get("keyframe_interval"):
             return out
     except (ExportError, OSError, json.JSONDecodeError):
