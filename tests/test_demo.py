@@ -98,7 +98,8 @@ def test_bench_without_a_model_needs_a_budget_and_calibration_frames(tmp_path: P
 def test_bench_sparse_model_reports_measured_macs_and_the_rival_at_equal_macs(tmp_path: Path) -> None:
     out = tmp_path / "sparse.json"
     r = cli("bench", "--teacher", "selfie", "--video", str(default_videos()["carphone_pristine"]), "--sparse", "0.15",
-            "--start", "90", "--frames", "8", "--keyframe-interval", "4", "--json", str(out))
+            "--start", "90", "--frames", "8", "--keyframe-interval", "4", "--json", str(out),
+            "--scene-cut", "0")  # every K: the rival's interval is then the MAC ratio itself
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["macs_measured"] is True and 1 < report["mac_ratio"]
