@@ -8,6 +8,7 @@ a task to score it by, and a ``source`` that names it again when a saved model i
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -71,8 +72,7 @@ class ImportedTeacher(Teacher):
         if h % m or w % m:
             raise ValueError(f"{self.name} needs input sizes that are multiples of {m}, got {h}x{w}")
         self.input_size = (h, w)
-        self.spec = TeacherSpec(self.spec.name, self.spec.task, (h, w), self.spec.outputs, self.spec.class_names,
-                                self.spec.divisor, self.spec.task_loss)
+        self.spec = replace(self.spec, input_size=(h, w))
         return self
 
 
