@@ -47,11 +47,10 @@ def _teacher(name: str, input_size: Optional[str], value_range: Optional[str], t
         if record.get("teacher") is not None and size is None:
             return resolve_recorded(name, record, value_range=vr, task=task)
     frame = None
-    if video is not None and size is None:
-        from deltadistill.video import video_info
+    if video is not None and size is None:  # for a graph whose sizes are open
+        from deltadistill.video import frame_size
 
-        info = video_info(video)
-        frame = (info.height, info.width)
+        frame = frame_size(video)
     return resolve_teacher(name, input_size=size, value_range=vr, task=task, frame_size=frame)
 
 

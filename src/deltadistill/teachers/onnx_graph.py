@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .graph import GraphModule, SizedMaker, UnsupportedOpError, scaled_size
+from .graph import GraphModule, SizedMaker, UnsupportedOpError, scaled_size, topo_order
 from .tfjs_ops import resize_bilinear
 
 _Handler = Callable[["OnnxGraphModule", Any], None]
@@ -107,19 +107,19 @@ class OnnxGraphModule(GraphModule):
         self.channels = int(dims[1])
         self._add_input(inputs[0].name)
         self.output_names = [o.name for o in g.output]
-        producers = {out: node for node in g.node for out in node.output}
-        needed = self._needed(self.output_names, producers)
+        nodes = list(g.node)
+        producer = {out: str(i) for i, node in enumerate(nodes) for out in node.output}
+        order = topo_order([producer[o] for o in self.output_names if o in producer],
+                           lambda i: [producer[x] for x in nodes[int(i)].input if x in producer])
+        needed = [nodes[int(i)] for i in order]  # only what the outputs need, each node after its inputs
         self._consumers: dict[str, int] = {}
-        for node in g.node:
-            if id(node) in needed:
-                for name in node.input:
-                    self._consumers[name] = self._consumers.get(name, 0) + 1
+        for node in needed:
+            for name in node.input:
+                self._consumers[name] = self._consumers.get(name, 0) + 1
         for name in self.output_names:
             self._consumers[name] = self._consumers.get(name, 0) + 1
         self._conv_of: dict[str, str] = {}  # a conv's output value -> its module name (for BN folding)
-        for node in g.node:  # ONNX requires topological order
-            if id(node) not in needed:
-                continue
+        for node in needed:
             handler = _OPS.get(node.op_type)
             if handler is None or node.domain not in ("", "ai.onnx"):
                 raise self.unsupported(node)
@@ -133,18 +133,6 @@ class OnnxGraphModule(GraphModule):
             h, w = self.native_size
             raise OnnxImportError(f"the graph does not run at {h}x{w}: {str(e).splitlines()[0]}") from None
         del self._numpy_helper, self._consumers
-
-    @staticmethod
-    def _needed(outputs: Sequence[str], producers: dict[str, Any]) -> set[int]:
-        needed: set[int] = set()
-        stack = [producers[o] for o in outputs if o in producers]
-        while stack:
-            node = stack.pop()
-            if id(node) in needed:
-                continue
-            needed.add(id(node))
-            stack.extend(producers[i] for i in node.input if i in producers)
-        return needed
 
     # ------------------------------------------------------------------ helpers for handlers
     def unsupported(self, node: Any, detail: str = "") -> UnsupportedOpError:

@@ -2,8 +2,17 @@
 
 from .clips import VideoClips
 from .errors import VideoError, VideoWarning
-from .reader import Letterbox, VideoInfo, default_videos, fit_frame, is_live, iter_frames, video_info
+from .reader import (
+           Letterbox,
+           VideoInfo,
+           default_videos,
+           fit_frame,
+           frame_size,
+           is_live,
+           iter_frames,
+           video_info,
+)
 from .writer import VideoWriter, draw_boxes, overlay_mask, side_by_side
 
 __all__ = ["Letterbox", "VideoClips", "VideoError", "VideoInfo", "VideoWarning", "VideoWriter", "default_videos", "draw_boxes",
-           "fit_frame", "is_live", "iter_frames", "overlay_mask", "side_by_side", "video_info"]
+           "fit_frame", "frame_size", "is_live", "iter_frames", "overlay_mask", "side_by_side", "video_info"]

@@ -79,6 +79,13 @@ def _open(path: str | Path) -> av.container.InputContainer:
     return container
 
 
+def frame_size(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of a video's frames, from its header alone (`video_info` may decode to count frames)."""
+    with _open(path) as c:
+        cc = c.streams.video[0].codec_context
+        return cc.height, cc.width
+
+
 def video_info(path: str | Path) -> VideoInfo:
     """Frame count (counted by decoding when the container does not say), size and rate."""
     with _open(path) as c:
