@@ -124,9 +124,14 @@ def compare(
     """
     measure = macs is not None and has_measured_macs(model)
     teacher, model = channels_last(teacher.eval()), channels_last(model.eval())
-    stream = DeltaStream(model, copy.deepcopy(policy) if policy is not None else EveryK(keyframe_interval),
-                         compile=compile)
-    timed_teacher, timed_stream = runners if runners is not None else (None, stream)
+    def new_stream(compiled: bool) -> DeltaStream:
+        return DeltaStream(model, copy.deepcopy(policy) if policy is not None else EveryK(keyframe_interval),
+                           compile=compiled)
+
+    # a compiled (traced) student records no MACs: an eager stream beside it, untimed, measures them
+    stream = new_stream(compile and not measure)
+    timed_teacher, timed_stream = runners if runners is not None else (
+        None, new_stream(True) if compile and measure else stream)
     if compile:  # both or neither: the ratio must compare like with like
         teacher = torch.compile(teacher)
         warmup = max(warmup, 2 * keyframe_interval + 1)  # a second keyframe may still recompile
