@@ -32,13 +32,14 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=150)
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--backends", default="torch,onnxruntime")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.teachers.split(","):
         teacher, plan = teachers.load(name), PLANS[name]
         model = load_delta_model(teacher, MODELS[name])
-        for backend in ("torch", "onnxruntime"):
+        for backend in args.backends.split(","):
             rep, _ = evaluate_on_video(teacher, model, default_videos()[plan.eval_video],
                                        keyframe_interval=plan.keyframe_interval, start=args.start,
                                        stop=args.start + args.frames, name=name, backend=backend, progress=False)

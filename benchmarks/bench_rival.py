@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--running", action="store_true", help="with --uniform: the sparse_running student, whose "
                     "reference moves with what it computed (DeltaCNN's accumulated buffers)")
     ap.add_argument("--element", action="store_true", help="with --uniform: drop delta elements, not pixels")
+    ap.add_argument("--norm", default="mean", choices=("mean", "rms", "max"), help="with --uniform: score a pixel by "
+                    "this norm of its delta over channels (a lever tried in note 26; the library scores by the mean)")
     ap.add_argument("--tune", action="store_true", help="sparse students at --start-level, then dd.tune_sparse "
                     "to each of --budgets (thresholds searched by measuring whole models)")
     ap.add_argument("--start-level", type=float, default=0.035)
@@ -73,6 +75,8 @@ def main() -> None:
     ap.add_argument("--section", default="", help="write a BENCHMARKS.md section with this suffix")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.norm != "mean":
+        _score_by(args.norm)
     plan, videos = dict(PLANS[args.teacher]), default_videos()
     if args.eval == "subtitled":
         videos["bikes_subtitled"] = subtitled_bikes()
@@ -132,7 +136,10 @@ def main() -> None:
                f"({args.rounds} rounds; the recovered share in brackets is what it measured on the "
                "calibration clips)" if args.tune else
                f"{'element-' if args.element else ''}{'running ' if args.running else ''}sparse students in every layer, thresholds {args.uniform} x each layer's "
-               f"{'weighted ' if args.weighted else ''}mean |input|" if args.uniform
+               f"{'weighted ' if args.weighted else ''}mean |input|"
+               + (f", pixels scored by the {args.norm} of |delta| over channels (and the scale is each layer's mean "
+                  f"{args.norm} of |input|)" if args.norm != "mean" else "")
+               if args.uniform
                else f"calibrated ({args.objective} objective, students {args.students})")
         body = [f"{args.teacher} at {size[0]}x{size[1]}: {how}; statistics from "
                 f"{args.clips} clips of {', '.join(plan['calib'])}; scored on frames {start}.. of "
@@ -160,6 +167,19 @@ def main() -> None:
         whole = ", whole video" if start == 0 else ""
         write_section(f"rival-{args.teacher}{args.section}", f"{args.teacher}: delta models against the rival at "
                       f"equal MACs ({kind}){whole}", "\n".join(body))
+
+
+def _score_by(norm: str) -> None:
+    """Make sparse students and `sparsify` score pixels by the root mean square or the max of |delta|."""
+    import deltadistill.students as students
+    import deltadistill.train.calibrate as calibrate
+
+    def scores(delta: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        if norm == "rms":
+            return delta.pow(2).mean(1, keepdim=True).sqrt()
+        return delta.abs().amax(1, keepdim=True)
+
+    students.pixel_scores = calibrate.pixel_scores = scores
 
 
 def _num(x: float | None) -> str:
