@@ -86,8 +86,10 @@ def test_sparsify_scales_each_threshold_by_its_layers_input_and_a_higher_level_c
                 model(clip[:1])
         for h in hooks:
             h.remove()
+        assert {"stem", "head"} <= {c.name for c in result.layers}  # sparse students take the ends too
         for choice in result.layers:
-            assert choice.threshold == pytest.approx(level * sum(mean_abs[choice.name]) / 3, rel=1e-5)
+            share = 0.25 if choice.name == "stem" else 1.0  # the first conv sees the frame: a quarter of the level
+            assert choice.threshold == pytest.approx(share * level * sum(mean_abs[choice.name]) / 3, rel=1e-5)
         deployed = dd.deploy(model)
         stream = dd.DeltaStream(deployed, 4)
         report = dd.count_macs(deployed, (3, 32, 32))
@@ -103,6 +105,21 @@ def test_sparsify_scales_each_threshold_by_its_layers_input_and_a_higher_level_c
     assert measured[1] < 0.9 * measured[0]
     with pytest.raises(ValueError, match="level"):
         dd.sparsify(dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse")), clips, level=-1)
+    # a model converted with its ends dense: no layer is the first conv, so none gets the lower threshold
+    kept = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse", targets=lambda n, m: isinstance(m, nn.Conv2d) and n not in ("stem", "head")))
+    plain = dd.sparsify(kept, clips, level=0.5, clips=3, first=0.0)
+    assert all(c.threshold > 0 for c in plain.layers)
+
+
+@pytest.mark.parametrize(("student", "ends"), [("sparse", True), ("sparse_running", True), ("compressed", False),
+                                               ("full", False)])
+def test_convert_leaves_the_first_and_last_conv_dense_only_for_students_that_lose_there(
+        tiny: nn.Module, student: str, ends: bool) -> None:
+    model = dd.convert(copy.deepcopy(tiny), dd.DeltaConfig(student=student))
+    converted = set(model.delta_report.converted)
+    assert ({"stem", "head"} <= converted) == ends
+    assert not ({"stem", "head"} & converted) or ends
+    assert {"block1.conv1", "same"} <= converted
 
 
 def test_tune_sparse_meets_a_measured_budget_and_each_move_improves_the_measured_model(tiny: nn.Module) -> None:

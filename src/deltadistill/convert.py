@@ -74,8 +74,10 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 def convert(model: nn.Module, config: DeltaConfig | None = None) -> nn.Module:
     """Replace each targeted ``nn.Conv2d`` of ``model`` with a `DeltaConv2d`, in place.
 
-    By default every Conv2d except the first and last (in registration order) is targeted.
-    Returns the same model, with ``model.delta_report`` listing converted and skipped layers.
+    By default every Conv2d is targeted, except the first and last (in registration order) when any
+    offered student keeps them dense (`Student.keeps_ends_dense`: the low-rank kinds do, the sparse
+    kinds do not). Returns the same model, with ``model.delta_report`` listing converted and skipped
+    layers.
     """
     config = config or DeltaConfig()
     if any(isinstance(m, DeltaConv2d) for m in model.modules()):
@@ -83,7 +85,8 @@ def convert(model: nn.Module, config: DeltaConfig | None = None) -> nn.Module:
     named = [(n, m) for n, m in model.named_modules() if n]
     if config.targets is None:
         convs = [n for n, m in named if isinstance(m, nn.Conv2d)]
-        edge = {convs[0], convs[-1]} if convs else set()
+        ends_dense = any(STUDENTS[s].keeps_ends_dense for s in config.student_names)
+        edge = {convs[0], convs[-1]} if convs and ends_dense else set()
         chosen = [(n, m) for n, m in named if isinstance(m, nn.Conv2d) and n not in edge]
         records = [LayerRecord(n, _describe(m), False, reason="first/last conv is kept dense by default")
                    for n, m in named if n in edge]

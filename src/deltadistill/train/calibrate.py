@@ -299,10 +299,16 @@ def calibrate(model: nn.Module, data: Any, *, budget: float, clips: int = 16,
 
 
 @torch.no_grad()
-def sparsify(model: nn.Module, data: Any, *, level: float = 0.02, clips: int = 8,
+def sparsify(model: nn.Module, data: Any, *, level: float = 0.02, clips: int = 8, first: float = 0.25,
              weighted: bool = False, running: bool = False, element: bool = False) -> CalibrationResult:
     """Give every delta layer a `SparseStudent` whose threshold is ``level`` times the layer's mean
     ``|input|`` on the keyframes of ``clips`` clips of ``data``: one knob, no search.
+
+    ``first``: the model's first conv, when it is a delta layer, gets ``first * level`` instead. It
+    sees the frame itself, whose small changes (shading, slow motion) reach every later layer, while
+    each later threshold is relative to its own activations. Measured on selfie over all of `bikes`
+    (BENCHMARKS.md note 29): at level 0.15, K=4, its threshold at the full level costs 0.04 mIoU;
+    at a quarter of it, nothing, for the same MACs.
 
     Measured on centernet over all of `bikes` (BENCHMARKS.md, "whole video", note 17): 0.01 saves
     1.24x and beats repeating keyframes at equal MACs (mAP50 0.999 against 0.938); 0.02 saves 1.4x
@@ -312,8 +318,8 @@ def sparsify(model: nn.Module, data: Any, *, level: float = 0.02, clips: int = 8
     `RunningSparseStudent` kind, whose reference moves with what it computed, so a delta frame pays
     only for what moved since the last frame, not since the keyframe.
     """
-    if level < 0:
-        raise ValueError(f"level is a share of each layer's mean |input|, >= 0; got {level}")
+    if level < 0 or first < 0:
+        raise ValueError(f"level and first are shares of a layer's mean |input|, >= 0; got {level}, {first}")
     items = [data[i] for i in range(min(clips, len(data)))]
     items = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
     if not items:
@@ -339,8 +345,9 @@ def sparsify(model: nn.Module, data: Any, *, level: float = 0.02, clips: int = 8
             h.remove()
     config = model.delta_report.config
     result = CalibrationResult(budget=None, cost=None, clips=len(items), objective="uniform")
+    head = next((n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, DeltaConv2d))), None)
     for n, m in layers.items():
-        tau = level * scale[n] / len(items)
+        tau = (first if n == head else 1.0) * level * scale[n] / len(items)
         kind = STUDENTS["sparse" + ("_element" if element else "") + ("_running" if running else "")]
         student = kind.from_teacher(m.base, config, threshold=tau, weighted=weighted)
         m.set_students({kind.name: student.to(m.base.weight.device)})
