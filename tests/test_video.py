@@ -14,6 +14,7 @@ from deltadistill.video import (
     default_videos,
     draw_boxes,
     fit_frame,
+    letterbox_share,
     iter_frames,
     overlay_mask,
     side_by_side,
@@ -37,6 +38,11 @@ def test_iter_frames_fits_and_slices(bikes) -> None:
     _, lb = fit_frame(np.zeros((272, 640, 3), np.uint8), (512, 512))
     assert lb.scale == pytest.approx(0.8) and lb.pad_x == 0 and lb.pad_y == (512 - round(272 * 0.8)) // 2
     np.testing.assert_allclose(lb.to_source(np.array([[0, lb.pad_y, 512, 512 - lb.pad_y]])), [[0, 0, 640, 272]], atol=1)
+    # the share of the input that is bars: what a fitted frame holds at the pad value, in a black video
+    fitted, _ = fit_frame(np.zeros((272, 640, 3), np.uint8), (256, 256))
+    assert letterbox_share((272, 640), (256, 256)) == pytest.approx(float((fitted == 114).all(-1).mean()))
+    assert letterbox_share((272, 640), (256, 256)) == pytest.approx(0.57, abs=0.01)
+    assert letterbox_share((256, 256), (128, 128)) == 0.0
 
 
 def test_bad_videos_give_clear_errors(tmp_path) -> None:

@@ -29,7 +29,7 @@ from ..stream import SceneCut, keyframe_flags
 from ..tasks import task_for
 from ..traffic import measure_traffic
 from ..train.calibrate import calibrate, sparsify
-from ..video import VideoWriter, iter_frames, side_by_side, video_info
+from ..video import VideoWriter, iter_frames, letterbox_share, side_by_side, video_info
 from .evaluate import Comparison, compare
 from .report import build_report
 
@@ -129,6 +129,7 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
                            "keyframe_policy": repr(policy) if policy else f"EveryK({keyframe_interval})",
                            "frames_per_keyframe": cmp.keyframe_interval,
                            "bytes_per_frame": traffic.as_dict() if traffic else None,
+                           "letterbox_share": letterbox_share((info.height, info.width), size),
                            "macs_measured": bool(cmp.delta_frame_macs)})
     return report, cmp
 

@@ -84,6 +84,10 @@ def table(report: dict[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     out = "\n".join(lines) + f"\n({report['frames']} frames of {Path(report['video']).name})"
+    bars = report.get("letterbox_share", 0.0)
+    if bars >= 0.05:
+        out += (f"\nnote: letterbox bars fill {bars:.0%} of each input frame. The teacher and the rival compute "
+                "them; a sparse delta model skips them, so part of its saving is theirs (BENCHMARKS.md note 29).")
     if report.get("detail", {}).get("delta_frames_repeating_keyframe", 0.0) == 1.0:
         out += "\nnote: every delta frame returned its keyframe's output, bit for bit: " + REPEAT_NOTE
     return out

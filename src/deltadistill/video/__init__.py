@@ -10,9 +10,10 @@ from .reader import (
            frame_size,
            is_live,
            iter_frames,
+           letterbox_share,
            video_info,
 )
 from .writer import VideoWriter, draw_boxes, overlay_mask, side_by_side
 
 __all__ = ["Letterbox", "VideoClips", "VideoError", "VideoInfo", "VideoWarning", "VideoWriter", "default_videos", "draw_boxes",
-           "fit_frame", "frame_size", "is_live", "iter_frames", "overlay_mask", "side_by_side", "video_info"]
+           "fit_frame", "frame_size", "is_live", "iter_frames", "letterbox_share", "overlay_mask", "side_by_side", "video_info"]

@@ -124,6 +124,17 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int] | None, fit: str = "lette
     return out, Letterbox(s, x0, y0)
 
 
+def letterbox_share(frame_hw: tuple[int, int], size: tuple[int, int]) -> float:
+    """The share of a ``size`` input that letterboxing a ``frame_hw`` frame fills with bars.
+
+    Why report it: the bars never change, so a sparse delta model skips them while the teacher (and
+    the rival that repeats it) computes them; part of such a model's saving is theirs, not its own.
+    """
+    (h, w), (th, tw) = frame_hw, size
+    s = min(th / h, tw / w)
+    return 1.0 - (round(h * s) * round(w * s)) / (th * tw)
+
+
 def iter_frames(path: str | Path, size: tuple[int, int] | None = None, fit: str = "letterbox",
                 start: int = 0, stop: int | None = None, step: int = 1) -> Iterator[np.ndarray]:
     """Yield uint8 RGB frames ``start:stop:step``, decoded one by one and fitted to ``size`` (H, W).
