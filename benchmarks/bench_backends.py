@@ -1,7 +1,7 @@
 """Wall clock of teacher and delta model in each backend (torch eager, onnxruntime), both teachers.
 
-For each teacher, the demo's model (``runs/demo/model``, ``runs/demo-selfie/model``; run the demo
-first) and its teacher are timed side by side on the same frames, in one process, first in torch
+For each teacher, the demo's model (``runs/demo/model`` for selfie, the default, and
+``runs/demo-centernet/model``; run the demo first) and its teacher are timed side by side on the same frames, in one process, first in torch
 and then as exported ONNX graphs on onnxruntime. Beside each: the MAC ratio, the bytes every op
 moves per frame, and the speedup those bytes allow if the run is bound by memory traffic.
 """
@@ -23,7 +23,7 @@ try:
 except ImportError:
     from benchmarks._report import write_section
 
-MODELS = {"centernet": "runs/demo/model", "selfie": "runs/demo-selfie/model"}
+MODELS = {"centernet": "runs/demo-centernet/model", "selfie": "runs/demo/model"}
 
 
 def main() -> None:

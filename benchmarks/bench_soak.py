@@ -23,7 +23,7 @@ except ImportError:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--frames", type=int, default=10_000)
-    ap.add_argument("--model", default="runs/demo-selfie/model")
+    ap.add_argument("--model", default="runs/demo/model")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

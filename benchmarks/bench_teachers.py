@@ -1,10 +1,10 @@
 """Teacher vs delta model on held-out frames of the demo's video: MACs, time, accuracy, the rival at equal MACs.
 
 Run after the demo has trained a model, e.g.
-    deltadistill demo --out runs/demo                       # centernet, K=8
-    python benchmarks/bench_teachers.py --teacher centernet --model runs/demo/model --k 8
-    deltadistill demo --teacher selfie --out runs/demo-selfie
-    python benchmarks/bench_teachers.py --teacher selfie --model runs/demo-selfie/model --k 4
+    deltadistill demo --out runs/demo                       # selfie (the default), K=4
+    python benchmarks/bench_teachers.py --teacher selfie --model runs/demo/model --k 4
+    deltadistill demo --teacher centernet --out runs/demo-centernet
+    python benchmarks/bench_teachers.py --teacher centernet --model runs/demo-centernet/model --k 8
 """
 
 from __future__ import annotations

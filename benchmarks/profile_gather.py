@@ -34,7 +34,7 @@ try:
 except ImportError:
     from benchmarks._report import write_section
 
-MODELS = {"centernet": ("runs/demo/model", 512, 8), "selfie": ("runs/demo-selfie/model", 256, 4)}
+MODELS = {"centernet": ("runs/demo-centernet/model", 512, 8), "selfie": ("runs/demo/model", 256, 4)}
 
 
 def gathered(student: SparseStudent, x: Tensor, xk: Tensor, zk: Tensor) -> Tensor | None:
