@@ -20,7 +20,7 @@ import torch
 import deltadistill as dd
 from deltadistill.apps.bench import evaluate_on_video
 from deltadistill.apps.report import speed_words
-from deltadistill.teacher_resolve import resolve_teacher
+from deltadistill.teacher_resolve import parse_size, resolve_teacher
 from deltadistill.video import VideoClips, default_videos, video_info
 
 try:
@@ -57,6 +57,14 @@ def main() -> None:
     ap.add_argument("--running", action="store_true", help="with --uniform: the sparse_running student, whose "
                     "reference moves with what it computed (DeltaCNN's accumulated buffers)")
     ap.add_argument("--element", action="store_true", help="with --uniform: drop delta elements, not pixels")
+    ap.add_argument("--ends-dense", action="store_true", help="with --uniform or --tune: keep the first and last "
+                    "conv dense, as every run before note 29 did (sparse students now take them by default)")
+    ap.add_argument("--first", type=float, default=None, help="with --uniform: the first conv's threshold as a "
+                    "share of the level (default: dd.sparsify's, 0.25; the runs before note 29 had no first conv)")
+    ap.add_argument("--input-size", default="", help="HxW to run the teacher at (default: its own)")
+    ap.add_argument("--bits", type=int, default=0, help="with --uniform: sparse students send their delta "
+                    "quantised to this many bits, symmetric, max-scaled per --bits-scale (a lever tried in note 28)")
+    ap.add_argument("--bits-scale", default="tensor", choices=("tensor", "pixel"))
     ap.add_argument("--norm", default="mean", choices=("mean", "rms", "max"), help="with --uniform: score a pixel by "
                     "this norm of its delta over channels (a lever tried in note 26; the library scores by the mean)")
     ap.add_argument("--tune", action="store_true", help="sparse students at --start-level, then dd.tune_sparse "
@@ -77,6 +85,8 @@ def main() -> None:
     torch.set_num_threads(2)
     if args.norm != "mean":
         _score_by(args.norm)
+    if args.bits:
+        _quantise_deltas(args.bits, args.bits_scale)
     plan, videos = dict(PLANS[args.teacher]), default_videos()
     if args.eval == "subtitled":
         videos["bikes_subtitled"] = subtitled_bikes()
@@ -86,7 +96,8 @@ def main() -> None:
             raise SystemExit(f"--eval: no video {args.eval!r}; have {', '.join(sorted(videos))}")
         plan = {"eval": args.eval, "calib": tuple(v for v in sorted(videos) if v != args.eval)}
     info = video_info(videos[plan["eval"]])
-    teacher = resolve_teacher(args.teacher, frame_size=(info.height, info.width))
+    teacher = resolve_teacher(args.teacher, input_size=parse_size(args.input_size) if args.input_size else None,
+                              frame_size=(info.height, info.width))
     size = tuple(teacher.input_size)
     intervals = [int(k) for k in args.intervals.split(",")]
     ev = videos[plan["eval"]]
@@ -97,18 +108,21 @@ def main() -> None:
         # frames as deployment sees them (letterboxed), at the keyframe distances K gives (1..K-1)
         calib = VideoClips([videos[v] for v in plan["calib"]], clip_len=args.clip_len, max_interval=k - 1, size=size,
                            value_range=teacher.input_range, seed=1, fit="letterbox")
-        model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="compressed"))
+        ends = {"targets": lambda n, m, skip=_ends(teacher): isinstance(m, torch.nn.Conv2d) and n not in skip} \
+            if args.ends_dense else {}
+        sparse = args.tune or args.uniform
+        model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse" if sparse else "compressed", **ends))
         t0 = time.process_time()
         tuned = None
         if args.tune:
-            model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse"))
             cal = dd.sparsify(model, calib, level=args.start_level, clips=args.clips, running=args.running)
             tuned = dd.tune_sparse(model, calib, budget=budget, clips=args.clips, rounds=args.rounds)
             cal.predicted_recovered = tuned.recovered
             print(json.dumps({"tuned": tuned.groups, "history": tuned.history}), flush=True)
         elif args.uniform:
+            first = {} if args.first is None else {"first": args.first}
             cal = dd.sparsify(model, calib, level=budget, clips=args.clips, weighted=args.weighted,
-                              running=args.running, element=args.element)
+                              running=args.running, element=args.element, **first)
         else:
             cal = dd.calibrate(model, calib, budget=budget, clips=args.clips, objective=args.objective,
                                students=tuple(args.students.split(",")), probes=args.probes)
@@ -135,10 +149,14 @@ def main() -> None:
         how = (f"sparse students at {args.start_level:g} x each layer's mean |input|, then `dd.tune_sparse` "
                f"({args.rounds} rounds; the recovered share in brackets is what it measured on the "
                "calibration clips)" if args.tune else
-               f"{'element-' if args.element else ''}{'running ' if args.running else ''}sparse students in every layer, thresholds {args.uniform} x each layer's "
+               f"{'element-' if args.element else ''}{'running ' if args.running else ''}sparse students in every conv{' but the first and last' if args.ends_dense else ''}, "
+               f"thresholds {args.uniform} x each layer's "
                f"{'weighted ' if args.weighted else ''}mean |input|"
                + (f", pixels scored by the {args.norm} of |delta| over channels (and the scale is each layer's mean "
                   f"{args.norm} of |input|)" if args.norm != "mean" else "")
+               + (f", deltas sent as {args.bits}-bit integers (max-scaled per {args.bits_scale})" if args.bits else "")
+               + ("" if args.ends_dense else
+                  f" (the first conv's at {0.25 if args.first is None else args.first:g} of that: it sees the frame)")
                if args.uniform
                else f"calibrated ({args.objective} objective, students {args.students})")
         body = [f"{args.teacher} at {size[0]}x{size[1]}: {how}; statistics from "
@@ -169,6 +187,12 @@ def main() -> None:
                       f"equal MACs ({kind}){whole}", "\n".join(body))
 
 
+def _ends(model: torch.nn.Module) -> set[str]:
+    """The names of the model's first and last conv (what `convert` kept dense before note 29)."""
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    return {convs[0], convs[-1]}
+
+
 def _score_by(norm: str) -> None:
     """Make sparse students and `sparsify` score pixels by the root mean square or the max of |delta|."""
     import deltadistill.students as students
@@ -180,6 +204,24 @@ def _score_by(norm: str) -> None:
         return delta.abs().amax(1, keepdim=True)
 
     students.pixel_scores = calibrate.pixel_scores = scores
+
+
+def _quantise_deltas(bits: int, per: str) -> None:
+    """Make sparse students send ``round(delta / s) * s`` with ``bits``-bit levels; ``s`` from the max |delta|
+    of the whole map (per frame and layer) or of each pixel. MACs are counted as before."""
+    import deltadistill.students as students
+
+    levels = 2 ** (bits - 1) - 1
+    plain = students.SparseStudent.forward
+
+    def forward(self: students.SparseStudent, delta: torch.Tensor) -> torch.Tensor:
+        plain(self, delta)  # the mask and the measured MACs
+        sent = self.__dict__["last_sent"]
+        top = sent.abs().amax() if per == "tensor" else sent.abs().amax(1, keepdim=True)
+        scale = top.clamp_min(1e-12) / levels
+        return self.conv(torch.round(sent / scale) * scale)
+
+    students.SparseStudent.forward = forward
 
 
 def _num(x: float | None) -> str:
