@@ -307,11 +307,12 @@ def sparsify(model: nn.Module, data: Any, *, level: float = 0.02, clips: int = 8
     ``first``: the model's first conv, when it is a delta layer, gets ``first * level`` instead. It
     sees the frame itself, whose small changes (shading, slow motion) reach every later layer, while
     each later threshold is relative to its own activations. Measured on selfie over all of `bikes`
-    (BENCHMARKS.md note 29): at level 0.15, K=4, its threshold at the full level costs 0.04 mIoU;
-    at a quarter of it, nothing, for the same MACs.
+    (BENCHMARKS.md note 29), level 0.15, K=4: with the first conv at the full level, mIoU 0.877 at
+    2.46x fewer MACs; at a quarter, 0.915 at 2.36x (0.917 at 1.89x with the first conv dense).
 
     Measured on centernet over all of `bikes` (BENCHMARKS.md, "whole video", note 17): 0.01 saves
-    1.24x and beats repeating keyframes at equal MACs (mAP50 0.999 against 0.938); 0.02 saves 1.4x
+    1.24x (1.26x with its ends converted too) and beats repeating keyframes at equal MACs (mAP50
+    0.999 against 0.938); 0.02 saves 1.4x
     and its delta frames recover 96-98% of the heatmap's change, but it only draws level.
     ``weighted``: score pixels by a mean over channels weighted by the teacher weights each feeds
     (`students.pixel_scores`), and scale thresholds by the same weighted mean. ``running``: the
