@@ -106,7 +106,8 @@ def test_sparsify_scales_each_threshold_by_its_layers_input_and_a_higher_level_c
     with pytest.raises(ValueError, match="level"):
         dd.sparsify(dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse")), clips, level=-1)
     # a model converted with its ends dense: no layer is the first conv, so none gets the lower threshold
-    kept = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse", targets=lambda n, m: isinstance(m, nn.Conv2d) and n not in ("stem", "head")))
+    inner = dd.DeltaConfig(student="sparse", targets=lambda n, m: isinstance(m, nn.Conv2d) and n not in ("stem", "head"))
+    kept = dd.convert(copy.deepcopy(teacher), inner)
     plain = dd.sparsify(kept, clips, level=0.5, clips=3, first=0.0)
     assert all(c.threshold > 0 for c in plain.layers)
 

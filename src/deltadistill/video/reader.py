@@ -116,8 +116,7 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int] | None, fit: str = "lette
         return np.ascontiguousarray(r[y0:y0 + th, x0:x0 + tw]), Letterbox(s, -x0, -y0)
     if fit != "letterbox":
         raise ValueError(f"fit must be 'letterbox', 'resize' or 'crop', got {fit!r}")
-    s = min(th / h, tw / w)
-    nh, nw = round(h * s), round(w * s)
+    s, nh, nw = _letterbox_fit((h, w), size)
     out = np.full((th, tw, 3), pad_value, np.uint8)
     y0, x0 = (th - nh) // 2, (tw - nw) // 2
     out[y0:y0 + nh, x0:x0 + nw] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA)
@@ -130,9 +129,15 @@ def letterbox_share(frame_hw: tuple[int, int], size: tuple[int, int]) -> float:
     Why report it: the bars never change, so a sparse delta model skips them while the teacher (and
     the rival that repeats it) computes them; part of such a model's saving is theirs, not its own.
     """
+    _, nh, nw = _letterbox_fit(frame_hw, size)
+    return 1.0 - (nh * nw) / (size[0] * size[1])
+
+
+def _letterbox_fit(frame_hw: tuple[int, int], size: tuple[int, int]) -> tuple[float, int, int]:
+    """Scale and fitted (height, width) of a ``frame_hw`` frame letterboxed into ``size``."""
     (h, w), (th, tw) = frame_hw, size
     s = min(th / h, tw / w)
-    return 1.0 - (round(h * s) * round(w * s)) / (th * tw)
+    return s, round(h * s), round(w * s)
 
 
 def iter_frames(path: str | Path, size: tuple[int, int] | None = None, fit: str = "letterbox",
