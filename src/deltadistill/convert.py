@@ -88,7 +88,7 @@ def convert(model: nn.Module, config: DeltaConfig | None = None) -> nn.Module:
         ends_dense = any(STUDENTS[s].keeps_ends_dense for s in config.student_names)
         edge = {convs[0], convs[-1]} if convs and ends_dense else set()
         chosen = [(n, m) for n, m in named if isinstance(m, nn.Conv2d) and n not in edge]
-        records = [LayerRecord(n, _describe(m), False, reason="first/last conv is kept dense by default")
+        records = [LayerRecord(n, _describe(m), False, reason="first/last conv is kept dense for these students (the paper's rule for low-rank ones)")
                    for n, m in named if n in edge]
     else:
         chosen = [(n, m) for n, m in named if match_target(config.targets, n, m)]

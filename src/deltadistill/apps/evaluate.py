@@ -124,6 +124,7 @@ def compare(
     """
     measure = macs is not None and has_measured_macs(model)
     teacher, model = channels_last(teacher.eval()), channels_last(model.eval())
+
     def new_stream(compiled: bool) -> DeltaStream:
         return DeltaStream(model, copy.deepcopy(policy) if policy is not None else EveryK(keyframe_interval),
                            compile=compiled)
