@@ -61,6 +61,8 @@ def main() -> None:
                     "conv dense, as every run before note 29 did (sparse students now take them by default)")
     ap.add_argument("--first", type=float, default=None, help="with --uniform: the first conv's threshold as a "
                     "share of the level (default: dd.sparsify's, 0.25; the runs before note 29 had no first conv)")
+    ap.add_argument("--stem", type=float, default=1.0, help="with --uniform: the threshold of every other layer "
+                    "that sees at least half the input size, as a share of the level (dd.sparsify's stem)")
     ap.add_argument("--input-size", default="", help="HxW to run the teacher at (default: its own)")
     ap.add_argument("--bits", type=int, default=0, help="with --uniform: sparse students send their delta "
                     "quantised to this many bits, symmetric, max-scaled per --bits-scale (a lever tried in note 28)")
@@ -122,7 +124,7 @@ def main() -> None:
         elif args.uniform:
             first = {} if args.first is None else {"first": args.first}
             cal = dd.sparsify(model, calib, level=budget, clips=args.clips, weighted=args.weighted,
-                              running=args.running, element=args.element, **first)
+                              running=args.running, element=args.element, stem=args.stem, **first)
         else:
             cal = dd.calibrate(model, calib, budget=budget, clips=args.clips, objective=args.objective,
                                students=tuple(args.students.split(",")), probes=args.probes)
@@ -157,6 +159,8 @@ def main() -> None:
                + (f", deltas sent as {args.bits}-bit integers (max-scaled per {args.bits_scale})" if args.bits else "")
                + ("" if args.ends_dense else
                   f" (the first conv's at {0.25 if args.first is None else args.first:g} of that: it sees the frame)")
+               + (f"; the stem's (other layers that see at least half the input size) at {args.stem:g} of it"
+                  if args.stem != 1.0 else "")
                if args.uniform
                else f"calibrated ({args.objective} objective, students {args.students})")
         body = [f"{args.teacher} at {size[0]}x{size[1]}: {how}; statistics from "

@@ -112,6 +112,21 @@ def test_sparsify_scales_each_threshold_by_its_layers_input_and_a_higher_level_c
     assert all(c.threshold > 0 for c in plain.layers)
 
 
+def test_sparsify_gives_the_stem_its_share_of_the_level(tiny: nn.Module) -> None:
+    # TinySegNet at 32x32: the first conv sees 32x32; block1's conv1 and projection see 16x16 (half:
+    # the stem); everything after sees 8x8
+    clips = [torch.cat(make_video(frames=3, size=32, seed=s)) for s in range(3)]
+    plain = dd.sparsify(dd.convert(copy.deepcopy(tiny), dd.DeltaConfig(student="sparse")), clips, level=0.4, clips=3)
+    low = dd.sparsify(dd.convert(copy.deepcopy(tiny), dd.DeltaConfig(student="sparse")), clips, level=0.4, clips=3,
+                      stem=0.1)
+    ratio = {a.name: b.threshold / a.threshold for a, b in zip(plain.layers, low.layers, strict=True)}
+    assert ratio.pop("block1.conv1") == pytest.approx(0.1) and ratio.pop("block1.proj.0") == pytest.approx(0.1)
+    assert ratio.pop("stem") == pytest.approx(0.1 / 0.25)  # the first conv: the lower of ``first`` and ``stem``
+    assert all(r == pytest.approx(1.0) for r in ratio.values()), ratio
+    with pytest.raises(ValueError, match="stem"):
+        dd.sparsify(dd.convert(copy.deepcopy(tiny), dd.DeltaConfig(student="sparse")), clips, stem=-1)
+
+
 @pytest.mark.parametrize(("student", "ends"), [("sparse", True), ("sparse_running", True), ("compressed", False),
                                                ("full", False)])
 def test_convert_leaves_the_first_and_last_conv_dense_only_for_students_that_lose_there(

@@ -154,10 +154,11 @@ def calibrated_model(teacher: nn.Module, data: Any, budget: float, clips: int = 
     return deploy(model)
 
 
-def sparse_model(teacher: nn.Module, data: Any, level: float, clips: int = 8) -> nn.Module:
-    """A deployed delta model of ``teacher`` with sparse students at ``level`` (`sparsify`, no training)."""
+def sparse_model(teacher: nn.Module, data: Any, level: float, clips: int = 8, stem: float = 1.0) -> nn.Module:
+    """A deployed delta model of ``teacher`` with sparse students at ``level`` (`sparsify`, no training);
+    the stem (the first conv included) at ``stem`` of it."""
     model = convert(copy.deepcopy(teacher), DeltaConfig(student="sparse"))
-    sparsify(model, data, level=level, clips=clips)
+    sparsify(model, data, level=level, clips=clips, stem=stem)
     return deploy(model)
 
 

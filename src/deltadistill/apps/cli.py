@@ -162,6 +162,8 @@ def bench(
                                            "costs this fraction of the teacher's MACs"),
     sparse: Optional[float] = typer.Option(None, help="with no --model: sparse students in every layer at this "
                                            "threshold (x each layer's mean |input|; dd.sparsify), e.g. 0.02"),
+    sparse_stem: float = typer.Option(1.0, min=0.0, help="with --sparse: the stem's threshold (layers that see at "
+                                      "least half the input size) as a share of --sparse, e.g. 0.05"),
     keyframe_interval: int = typer.Option(8, min=1),
     start: int = typer.Option(0, min=0, help="first frame"),
     frames: int = typer.Option(0, min=0, help="number of frames (0: to the end)"),
@@ -204,10 +206,11 @@ def bench(
         if model is not None:
             m = load_delta_model(t, model)
         elif sparse is not None:
-            m = sparse_model(t, calib, sparse)
+            m = sparse_model(t, calib, sparse, stem=sparse_stem)
         else:
             m = calibrated_model(t, calib, budget)
-        label = ("model" if model is not None else f"sparse, threshold {sparse:g}" if sparse is not None
+        label = ("model" if model is not None else f"sparse, threshold {sparse:g}"
+                 + (f", stem at {sparse_stem:g} of it" if sparse_stem != 1.0 else "") if sparse is not None
                  else f"calibrated, budget {budget:g}")
         stop = start + frames if frames else None
         report, _ = evaluate_on_video(t, m, video, keyframe_interval=keyframe_interval, start=start, stop=stop,
