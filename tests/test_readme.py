@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_readme_example_runs(tmp_path, monkeypatch) -> None:
     code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
     assert len(code.strip().splitlines()) <= 13
-    code = code.replace("level=0.01)", "level=0.01, clips=2)").replace("size=(512, 512)):", "size=(512, 512), stop=3):")
+    code = code.replace("stem=0.05)", "stem=0.05, clips=2)").replace("size=(512, 512)):", "size=(512, 512), stop=3):")
     assert "clips=2)" in code and "stop=3" in code
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
