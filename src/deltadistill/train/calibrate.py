@@ -313,12 +313,12 @@ def sparsify(model: nn.Module, data: Any, *, level: float = 0.02, clips: int = 8
 
     ``stem``: every other layer whose input is at least half the first conv's input in height and
     width (the stem, before the second downsampling) gets ``stem * level``, and the first conv the
-    lower of its two shares. The stem's activations are
-    still close to pixels, and what it drops passes through every later layer. Measured on
-    centernet over all of `bikes` (BENCHMARKS.md note 30), K=4: raising those 3 layers alone from
-    0.005 to 0.05 cut mAP50 from 0.999 to 0.787, while raising any other group of layers by as much
-    cost at most 0.003. With the stem at 0.005 and the rest at 0.1, 2.19x fewer MACs and mAP50
-    0.903 against the rival's 0.815.
+    lower of its two shares. The stem's activations are still close to pixels, and what it drops
+    passes through every later layer. Measured on centernet over all of `bikes` (BENCHMARKS.md note
+    30), K=4: raising its 4 layers at 256x256 alone from 0.005 to 0.05 cut mAP50 from 0.999 to
+    0.786, while raising any other group of layers by as much cost at most 0.003. With the stem at
+    0.05 of the level and the rest at 0.1, 2.18x fewer MACs and mAP50 0.903 against the rival's
+    0.815. selfie gains nothing from it (its first conv was the sensitive one), so the default is 1.
 
     Measured on centernet over all of `bikes` (BENCHMARKS.md, "whole video", note 17): 0.01 saves
     1.24x (1.26x with its ends converted too) and beats repeating keyframes at equal MACs (mAP50
