@@ -6,6 +6,8 @@ that did not help.
   ``--split G``: each layer of group ``G`` alone.
 * ``freeze-pools``: on delta frames, reuse each global pool's keyframe value (the squeeze of every
   squeeze-excite block), so that a change in one place does not rescale whole maps.
+* ``channel-norm``: score each pixel by its channels' ``|delta|``, each over that channel's mean
+  ``|input|``, so that a quiet channel's change counts as much as a loud one's.
 * ``pooled-remainder``: beside each sparse student, the teacher conv on the 2x average-pooled part
   of the delta that the threshold dropped (where that pooled part scores above ``share`` x the
   threshold), upsampled back.
@@ -28,16 +30,17 @@ from torch import Tensor, nn
 
 import deltadistill as dd
 from deltadistill.apps.bench import evaluate_on_video
+from deltadistill.layer import DeltaConv2d
 from deltadistill.modes import delta_layers
 from deltadistill.students import SparseStudent, computed_share, pixel_scores
-from deltadistill.teacher_resolve import resolve_teacher
+from deltadistill.teacher_resolve import parse_size, resolve_teacher
 from deltadistill.teachers.graph import GraphModule
 from deltadistill.video import VideoClips, default_videos, video_info
 
 VIDEOS = ("bigbuckbunny", "carphone_pristine", "bikes")
 
 
-def sparse_model(teacher: nn.Module, k: int, level: float, video: str) -> nn.Module:
+def sparse_model(teacher: nn.Module, k: int, level: float, video: str, deploy: bool = True) -> nn.Module:
     """Sparse students in every conv at ``level``, set on two videos other than ``video``."""
     videos = default_videos()
     calib = [videos[v] for v in VIDEOS if v != video][:2]
@@ -45,8 +48,9 @@ def sparse_model(teacher: nn.Module, k: int, level: float, video: str) -> nn.Mod
                        value_range=teacher.input_range, seed=1, fit="letterbox")
     model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse"))
     dd.sparsify(model, clips, level=level, clips=8)
-    dd.deploy(model)
-    dd.count_macs(model, (3, *teacher.input_size), k)  # every layer learns its input size
+    if deploy:
+        dd.deploy(model)
+        dd.count_macs(model, (3, *teacher.input_size), k)  # every layer learns its input size
     return model
 
 
@@ -60,11 +64,11 @@ def score(teacher: nn.Module, model: nn.Module, k: int, video: str, **row: Any) 
 
 
 def group_of(name: str, layer: nn.Module) -> str:
-    """The FPN and heads, else the power of two at or below the layer's input height (TF SAME
+    """The FPN and heads, else the power of two at or below the layer's shorter input side (TF SAME
     padding makes a strided conv's input a few rows larger: 513, 257, 131, 65, 35)."""
     if "centernet" in name.lower() or "upsample" in name.lower():
         return "fpn+heads"
-    return str(1 << (layer.in_hw[0].bit_length() - 1))
+    return str(1 << (min(layer.in_hw).bit_length() - 1))
 
 
 def scale_thresholds(model: nn.Module, share: dict[str, float]) -> None:
@@ -102,6 +106,31 @@ def freeze_pools(model: nn.Module) -> int:
     return wrapped
 
 
+@torch.no_grad()
+def normalise_channels(model: nn.Module, teacher: nn.Module, k: int, video: str) -> None:
+    """Score each pixel by the mean over channels of ``|delta_c| / mean |x_c|`` (per-channel means on
+    the calibration keyframes), at the level's share of that score's mean on those keyframes."""
+    videos = default_videos()
+    clips = VideoClips([videos[v] for v in VIDEOS if v != video][:2], clip_len=3, max_interval=k - 1,
+                       size=tuple(teacher.input_size), value_range=teacher.input_range, seed=1, fit="letterbox")
+    layers = {n: m for n, m in delta_layers(model) if isinstance(m, DeltaConv2d)}
+    sums: dict[str, Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: sums.__setitem__(n, sums.get(n, 0) + a[0].abs().mean((0, 2, 3))))
+             for n, m in layers.items()]
+    with dd.mode(model, "teacher"):
+        for i in range(8):
+            model(clips[i][:1])
+    for h in hooks:
+        h.remove()
+    for n, m in layers.items():
+        mean = sums[n] / 8
+        mean = mean.clamp_min(1e-3 * float(mean.mean()) + 1e-12)
+        w = (1 / mean) / (1 / mean).sum()
+        student = next(iter(m.students.values()))
+        student.weighted, student.weights = True, w
+        student.threshold.mul_(float((w * mean).sum()) / float(mean.mean()))  # same level, new scale
+
+
 def pooled_remainder_forward(self: SparseStudent, delta: Tensor) -> Tensor:
     mask = pixel_scores(delta) > self.threshold
     sent = delta * mask.to(delta.dtype)
@@ -118,19 +147,21 @@ def pooled_remainder_forward(self: SparseStudent, delta: Tensor) -> Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("probe", choices=("groups", "freeze-pools", "pooled-remainder"))
+    ap.add_argument("probe", choices=("groups", "freeze-pools", "pooled-remainder", "channel-norm"))
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--video", default="bikes", choices=VIDEOS, help="score on this video (thresholds are set on "
                     "the other two)")
     ap.add_argument("--level", type=float, default=0.005, help="the threshold everywhere (x mean |input|)")
     ap.add_argument("--high", type=float, default=0.05, help="groups: one group's threshold")
+    ap.add_argument("--input-size", default="", help="HxW to run the teacher at (default: its own, 512x512)")
     ap.add_argument("--split", default="", help="groups: raise each layer of this group alone, e.g. 256")
     ap.add_argument("--share", default="-1,0,0.5", help="pooled-remainder: where the pooled part is computed, as a "
                     "share of the threshold (-1: nowhere, the plain sparse model)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     info = video_info(default_videos()[args.video])
-    teacher = resolve_teacher("centernet", frame_size=(info.height, info.width))
+    teacher = resolve_teacher("centernet", input_size=parse_size(args.input_size) if args.input_size else None,
+                              frame_size=(info.height, info.width))
     base = sparse_model(teacher, args.k, args.level, args.video)
     on = {"k": args.k, "video": args.video}
     if args.probe == "groups":
@@ -145,6 +176,11 @@ def main() -> None:
             model = copy.deepcopy(base)
             scale_thresholds(model, dict.fromkeys(names, args.high / args.level))
             score(teacher, model, **on, group=g, layers=len(names), level=args.level, high=args.high)
+    elif args.probe == "channel-norm":
+        model = sparse_model(teacher, args.k, args.level, args.video, deploy=False)
+        normalise_channels(model, teacher, args.k, args.video)
+        dd.deploy(model)
+        score(teacher, model, **on, channel_norm=True, level=args.level)
     elif args.probe == "freeze-pools":
         model = copy.deepcopy(base)
         freeze_pools(model)
