@@ -40,14 +40,17 @@ from deltadistill.video import VideoClips, default_videos, video_info
 VIDEOS = ("bigbuckbunny", "carphone_pristine", "bikes")
 
 
+def calibration_clips(teacher: nn.Module, k: int, video: str) -> VideoClips:
+    """Letterboxed clips of the two videos other than ``video``, at keyframe distances 1..K-1."""
+    videos = default_videos()
+    return VideoClips([videos[v] for v in VIDEOS if v != video][:2], clip_len=3, max_interval=k - 1,
+                      size=tuple(teacher.input_size), value_range=teacher.input_range, seed=1, fit="letterbox")
+
+
 def sparse_model(teacher: nn.Module, k: int, level: float, video: str, deploy: bool = True) -> nn.Module:
     """Sparse students in every conv at ``level``, set on two videos other than ``video``."""
-    videos = default_videos()
-    calib = [videos[v] for v in VIDEOS if v != video][:2]
-    clips = VideoClips(calib, clip_len=3, max_interval=k - 1, size=tuple(teacher.input_size),
-                       value_range=teacher.input_range, seed=1, fit="letterbox")
     model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse"))
-    dd.sparsify(model, clips, level=level, clips=8)
+    dd.sparsify(model, calibration_clips(teacher, k, video), level=level, clips=8)
     if deploy:
         dd.deploy(model)
         dd.count_macs(model, (3, *teacher.input_size), k)  # every layer learns its input size
@@ -110,9 +113,7 @@ def freeze_pools(model: nn.Module) -> int:
 def normalise_channels(model: nn.Module, teacher: nn.Module, k: int, video: str) -> None:
     """Score each pixel by the mean over channels of ``|delta_c| / mean |x_c|`` (per-channel means on
     the calibration keyframes), at the level's share of that score's mean on those keyframes."""
-    videos = default_videos()
-    clips = VideoClips([videos[v] for v in VIDEOS if v != video][:2], clip_len=3, max_interval=k - 1,
-                       size=tuple(teacher.input_size), value_range=teacher.input_range, seed=1, fit="letterbox")
+    clips = calibration_clips(teacher, k, video)
     layers = {n: m for n, m in delta_layers(model) if isinstance(m, DeltaConv2d)}
     sums: dict[str, Tensor] = {}
     hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: sums.__setitem__(n, sums.get(n, 0) + a[0].abs().mean((0, 2, 3))))

@@ -204,14 +204,12 @@ def bench(
         if model is None or sweep_budgets:
             calib = _calibration_clips(t, video, start, calib_videos, keyframe_interval)
         if model is not None:
-            m = load_delta_model(t, model)
+            m, label = load_delta_model(t, model), "model"
         elif sparse is not None:
             m = sparse_model(t, calib, sparse, stem=sparse_stem)
+            label = f"sparse, threshold {sparse:g}" + (f", stem at {sparse_stem:g} of it" if sparse_stem != 1.0 else "")
         else:
-            m = calibrated_model(t, calib, budget)
-        label = ("model" if model is not None else f"sparse, threshold {sparse:g}"
-                 + (f", stem at {sparse_stem:g} of it" if sparse_stem != 1.0 else "") if sparse is not None
-                 else f"calibrated, budget {budget:g}")
+            m, label = calibrated_model(t, calib, budget), f"calibrated, budget {budget:g}"
         stop = start + frames if frames else None
         report, _ = evaluate_on_video(t, m, video, keyframe_interval=keyframe_interval, start=start, stop=stop,
                                       out_video=render, name=getattr(t, "name", teacher), compile=compile,

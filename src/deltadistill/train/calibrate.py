@@ -322,8 +322,8 @@ def sparsify(model: nn.Module, data: Any, *, level: float = 0.02, clips: int = 8
 
     Measured on centernet over all of `bikes` (BENCHMARKS.md, "whole video", note 17): 0.01 saves
     1.24x (1.26x with its ends converted too) and beats repeating keyframes at equal MACs (mAP50
-    0.999 against 0.938); 0.02 saves 1.4x
-    and its delta frames recover 96-98% of the heatmap's change, but it only draws level.
+    0.999 against 0.938); 0.02 saves 1.4x and its delta frames recover 96-98% of the heatmap's
+    change, but it only draws level.
     ``weighted``: score pixels by a mean over channels weighted by the teacher weights each feeds
     (`students.pixel_scores`), and scale thresholds by the same weighted mean. ``running``: the
     `RunningSparseStudent` kind, whose reference moves with what it computed, so a delta frame pays
