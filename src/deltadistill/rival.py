@@ -88,6 +88,23 @@ def rival_equal_macs(teacher_preds: Sequence[Any], score: Callable[[list[Any]], 
             "margin_needed": need, "margin": accuracy - value, "beats": accuracy >= value + need - 1e-12}
 
 
+def rival_equal_time(teacher_preds: Sequence[Any], score: Callable[[list[Any]], float], fastest_dense_ms: float,
+                     delta_amortised_ms: float, accuracy: float,
+                     keys_at: Callable[[int], Sequence[bool]] | None = None) -> dict[str, Any]:
+    """``accuracy.rival_equal_time``: the rival at the delta model's own *time*.
+
+    ``K_t`` is the teacher's ms on its fastest dense path over the delta model's amortised ms: the
+    rival runs the teacher there every ``K_t`` frames and repeats it, interpolated in 1/K as
+    `rival_equal_macs` is. Below 1 the delta model is slower than the teacher, and ``words`` says so.
+    """
+    out = rival_equal_macs(teacher_preds, score, fastest_dense_ms, delta_amortised_ms, accuracy, keys_at)
+    out["interval"] = fastest_dense_ms / delta_amortised_ms if keys_at is None else out["interval"]
+    out["words"] = ("the delta model is slower than the fastest dense teacher, so the teacher on every frame "
+                    "is both faster and exact" if fastest_dense_ms < delta_amortised_ms else
+                    f"the rival may run the fastest dense teacher every {fastest_dense_ms / delta_amortised_ms:.2f} frames")
+    return out
+
+
 def _rival_under_policy(teacher_preds: Sequence[Any], score: Callable[[list[Any]], float], share: float,
                         accuracy: float, keys_at: Callable[[int], Sequence[bool]]) -> dict[str, Any]:
     n = len(teacher_preds)

@@ -23,14 +23,17 @@ from ..config import DeltaConfig
 from ..convert import convert
 from ..deploy import deploy
 from ..layer import DeltaConv2d
-from ..macs import count_macs, has_measured_macs, measured_delta_macs
-from ..rival import rival_equal_macs
+from ..macs import MacReport, count_macs, has_measured_macs, measured_delta_macs
+from ..rival import rival_equal_macs, rival_equal_time
+from ..runtime.crop import CropStream
 from ..stream import SceneCut, keyframe_flags
 from ..tasks import task_for
+from ..teachers.graph import conv_stats
 from ..traffic import measure_traffic
 from ..train.calibrate import calibrate, sparsify
 from ..video import VideoWriter, iter_frames, letterbox_share, side_by_side, video_info
 from .evaluate import Comparison, compare
+from .fastest import ENGINES, dense_runner, fastest_dense
 from .report import build_report
 
 
@@ -43,26 +46,53 @@ def load_delta_model(teacher: nn.Module, model_dir: str | Path) -> nn.Module:
     return model.eval()
 
 
-def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *, keyframe_interval: int,
+RUNTIMES = ("dense", "crop")
+BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
+def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | Path, *, keyframe_interval: int,
                       start: int = 0, stop: int | None = None, out_video: str | Path | None = None,
                       threads: int | None = None, progress: bool = True, name: str | None = None,
                       compile: bool = False, backend: str = "torch",
-                      scene_cut: float | None = None) -> tuple[dict, Comparison]:
+                      scene_cut: float | None = None, runtime: str = "dense", crop: dict | None = None,
+                      engines: Sequence[str] | None = ENGINES) -> tuple[dict, Comparison]:
     """Run both models over ``video[start:stop]``; return (report dict, per-frame comparison).
 
     ``backend="onnxruntime"``: export both (into a temporary directory) and time the exported graphs.
     ``scene_cut``: keyframes also at scene cuts (`SceneCut`), for the delta model and the rival alike.
+    ``runtime="crop"``: no delta model (``model`` is ignored); the teacher runs crop by crop
+    (`runtime.crop.CropStream`, options in ``crop``) on ``backend`` (torch or openvino), beside the
+    plain teacher on the same backend. ``engines``: where to look for the fastest dense teacher
+    (`fastest.fastest_dense`), which the report's ``speedup_vs_fastest_dense`` and
+    ``rival_equal_time`` are measured against; None skips it.
     """
     if threads:
         torch.set_num_threads(threads)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if runtime == "crop" and backend == "onnxruntime":
+        raise ValueError("--runtime crop runs on torch or openvino, not onnxruntime")
+    if runtime == "dense" and backend == "openvino":
+        raise ValueError("--backend openvino runs the crop runtime (--runtime crop); a delta model's exported "
+                         "graphs run on onnxruntime")
+    if runtime == "dense" and model is None:
+        raise ValueError("the dense runtime needs a delta model")
     task = task_for(teacher)
     size = tuple(teacher.input_size)
     info = video_info(video)
     stop = min(stop or info.frames, info.frames)
     if start >= stop:
         raise ValueError(f"--start {start} is past the end: {Path(video).name} has {info.frames} frames")
-    macs = count_macs(model, (3, *size), keyframe_interval)
-    measured = has_measured_macs(model)
+    if runtime == "crop":
+        teacher_macs = conv_stats(teacher, torch.zeros(1, 3, *size))["macs"]
+        macs = MacReport(teacher_macs, teacher_macs, teacher_macs, keyframe_interval, [])
+        measured = False
+    else:
+        assert model is not None
+        macs = count_macs(model, (3, *size), keyframe_interval)
+        measured = has_measured_macs(model)
     tc_teacher, tc_delta = task.consistency(), task.consistency()
     writer = VideoWriter(out_video, fps=info.fps).__enter__() if out_video else None
     running = {"g": 0.0}
@@ -72,7 +102,8 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
         tc_delta.update(frame, d_pred)
         if writer is None:  # the running MACs only label the rendered video; compare measures them anyway
             return
-        now = macs.keyframe if key else measured_delta_macs(model, macs) if measured else macs.delta
+        now = (macs.keyframe if key else measured_delta_macs(model, macs) if measured
+               else round(runners[1].last_cost * macs.teacher) if runtime == "crop" and runners else macs.delta)
         running["g"] += now / 1e9
         writer.write(side_by_side(
             task.draw(frame, t_pred), task.draw(frame, d_pred), f"teacher  frame {start + i}",
@@ -81,26 +112,35 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
             f"{now / 1e9:.2f} GMAC now, {running['g'] / (i + 1):.2f} avg",
             right_is_key=key))
 
-    if backend not in ("torch", "onnxruntime"):
-        raise ValueError(f"backend must be torch or onnxruntime, not {backend!r}")
-    if backend == "onnxruntime" and compile:
-        raise ValueError("--compile is torch.compile: it has no meaning for the onnxruntime backend")
+    if backend != "torch" and compile:
+        raise ValueError(f"--compile is torch.compile: it has no meaning for the {backend} backend")
     policy = SceneCut(keyframe_interval, scene_cut) if scene_cut else None
-    tmp = tempfile.TemporaryDirectory(prefix="deltadistill-onnx-") if backend == "onnxruntime" else None
+    tmp = tempfile.TemporaryDirectory(prefix="deltadistill-onnx-") if backend != "torch" or engines else None
+    runners: tuple | None = None
     try:
-        runners = _onnx_runners(teacher, model, Path(tmp.name), size, keyframe_interval, policy) if tmp else None
-        cmp = compare(teacher, model, iter_frames(video, size, "letterbox", start, stop),
+        fastest = (fastest_dense(teacher, (info.height, info.width), engines=tuple(engines), workdir=Path(tmp.name))
+                   if engines and tmp is not None else None)
+        if runtime == "crop":
+            assert tmp is not None or backend == "torch"
+            stream = CropStream(teacher, copy.deepcopy(policy) or keyframe_interval, backend=backend,
+                                **(crop or {})).prepare(progress)
+            runners = (dense_runner(teacher, backend, size, Path(tmp.name) if tmp else Path("."), threads), stream)
+        elif backend == "onnxruntime":
+            assert tmp is not None
+            runners = _onnx_runners(teacher, model, Path(tmp.name), size, keyframe_interval, policy)
+        cmp = compare(teacher, model if runtime == "dense" else None, iter_frames(video, size, "letterbox", start, stop),
                       keyframe_interval=keyframe_interval, preprocess=teacher.preprocess,
                       postprocess=lambda out: task.single(teacher.postprocess(out)),
                       on_frame=on_frame, total=stop - start, progress=progress, compile=compile, macs=macs,
                       runners=runners, policy=policy)
     except BaseException as e:
+        if tmp is not None:
+            tmp.cleanup()
         if writer is not None:
             writer.__exit__(type(e), e, None)
         raise
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    if tmp is not None:
+        tmp.cleanup()
     if writer is not None:
         writer.__exit__(None, None, None)
     if cmp.delta_frame_macs:  # data-dependent students: count what the delta frames really cost
@@ -119,19 +159,38 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module, video: str | Path, *
         cmp.teacher_preds, lambda preds: task.accuracy(preds, cmp.teacher_preds)["value"], macs.teacher,
         macs.amortised, accuracy["value"],
         keys_at=(lambda k: keyframe_flags(cmp.changes, k, scene_cut)) if policy is not None else None)
-    two = [teacher.preprocess(f[None]) for f in iter_frames(video, size, "letterbox", start, start + 2)]
-    traffic = measure_traffic(model, two[0], two[-1], cmp.keyframe_interval) if len(two) == 2 else None
+    timing = {"teacher": cmp.tail_ms("teacher"), "delta": cmp.tail_ms("delta")}
+    extra_time: dict[str, Any] = {}
+    if fastest is not None:
+        extra_time = {"fastest_dense": fastest, "speedup_vs_fastest_dense": fastest["ms"] / cmp.delta_ms}
+        accuracy["rival_equal_time"] = rival_equal_time(
+            cmp.teacher_preds, lambda preds: task.accuracy(preds, cmp.teacher_preds)["value"], fastest["ms"],
+            cmp.delta_ms, accuracy["value"],
+            keys_at=(lambda k: keyframe_flags(cmp.changes, k, scene_cut)) if policy is not None else None)
+    traffic = None
+    if model is not None and runtime == "dense":
+        two = [teacher.preprocess(f[None]) for f in iter_frames(video, size, "letterbox", start, start + 2)]
+        traffic = measure_traffic(model, two[0], two[-1], cmp.keyframe_interval) if len(two) == 2 else None
     report = build_report(name or getattr(teacher, "name", type(teacher).__name__), str(video), cmp, macs,
                           accuracy, task.metric,
                           {"teacher": tc_teacher.compute(), "delta": tc_delta.compute()},
                           {"frame_range": [start, stop], "threads": torch.get_num_threads(), "compiled": compile,
-                           "backend": backend, "keyframe_interval": keyframe_interval,
+                           "backend": backend, "runtime": runtime, "keyframe_interval": keyframe_interval,
+                           "crop": _crop_settings(runners[1]) if runtime == "crop" and runners else None,
+                           "latency_ms": timing, **extra_time,
                            "keyframe_policy": repr(policy) if policy else f"EveryK({keyframe_interval})",
                            "frames_per_keyframe": cmp.keyframe_interval,
                            "bytes_per_frame": traffic.as_dict() if traffic else None,
                            "letterbox_share": letterbox_share((info.height, info.width), size),
                            "macs_measured": bool(cmp.delta_frame_macs)})
     return report, cmp
+
+
+def _crop_settings(stream: CropStream) -> dict[str, Any]:
+    """What a crop run was run with, for the report."""
+    return {"threshold": stream.threshold_share, "tile": stream.tile,
+            "margin": stream.margin, "reach": stream.reach, "bucket": list(stream.bucket), "min_tiles": stream.min_tiles,
+            "max_crops": stream.max_crops, "gates_held": len(stream.gate_slots)}
 
 
 def _onnx_runners(teacher: nn.Module, model: nn.Module, tmp: Path, size: tuple[int, ...], k: int,

@@ -81,6 +81,12 @@ class Comparison:
     def delta_frame_ms(self) -> float:
         return statistics.median(self._timed(self.ms_delta, False) or self._timed(self.ms_delta))
 
+    def tail_ms(self, which: str) -> dict[str, float]:
+        """p95 and worst ms of a frame after warm-up (``which``: "teacher" or "delta"): real-time users
+        care about the worst frame, which an amortised median hides."""
+        values = sorted(self._timed(self.ms_teacher if which == "teacher" else self.ms_delta))
+        return {"p95": values[min(len(values) - 1, int(0.95 * len(values)))], "max": values[-1]}
+
     @property
     def delta_ms(self) -> float:
         """Amortised ms per frame of the delta model over one keyframe cycle."""
@@ -95,7 +101,7 @@ def channels_last(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def compare(
     teacher: nn.Module,
-    model: nn.Module,
+    model: nn.Module | None,
     frames: Iterable[np.ndarray],
     *,
     keyframe_interval: int,
@@ -118,14 +124,21 @@ def compare(
     long, absorbs the compile time and is not timed. With ``macs`` (the model's `count_macs`) and a
     model whose students' cost depends on the data, each delta frame's MACs are measured too.
     ``runners``: ``(teacher, stream)`` to time instead, e.g. the onnxruntime pair (`runtime.onnx_stream`);
-    the torch model then runs untimed beside them only where its MACs must be measured. ``policy``:
+    the torch model then runs untimed beside them only where its MACs must be measured; ``model`` may
+    then be None (a runtime that needs no delta model, `runtime.crop.CropStream`: its ``last_cost``,
+    the share of the frame it computed, times the teacher's MACs is each delta frame's). ``policy``:
     the keyframe policy (default `EveryK(keyframe_interval)`); under one that adds keyframes, the
     comparison's interval becomes frames per keyframe as run, so amortised figures count them all.
     """
-    measure = macs is not None and has_measured_macs(model)
-    teacher, model = channels_last(teacher.eval()), channels_last(model.eval())
+    if model is None and runners is None:
+        raise ValueError("compare needs a delta model, or runners to time")
+    measure = macs is not None and model is not None and has_measured_macs(model)
+    teacher = channels_last(teacher.eval())
+    model = channels_last(model.eval()) if model is not None else None
 
-    def new_stream(compiled: bool) -> DeltaStream:
+    def new_stream(compiled: bool) -> DeltaStream | None:
+        if model is None:
+            return None
         return DeltaStream(model, copy.deepcopy(policy) if policy is not None else EveryK(keyframe_interval),
                            compile=compiled)
 
@@ -137,6 +150,7 @@ def compare(
         teacher = torch.compile(teacher)
         warmup = max(warmup, 2 * keyframe_interval + 1)  # a second keyframe may still recompile
     result = Comparison(keyframe_interval, warmup=warmup)
+    costed = macs is not None and not measure and hasattr(timed_stream, "last_cost")
     prev: torch.Tensor | None = None
     track_changes = policy is not None and not isinstance(policy, EveryK)
     for i, frame in enumerate(tqdm(frames, total=total, desc="teacher vs delta", disable=not progress)):
@@ -150,7 +164,7 @@ def compare(
         d_out = timed_stream(x)
         t2 = time.perf_counter()
         key = bool(timed_stream.last_key)
-        if measure and timed_stream is not stream:  # untimed: only to count what the delta frame cost
+        if measure and timed_stream is not stream and stream is not None:  # untimed: only to count MACs
             stream(x)
         if key:
             key_out, teacher_key_map = d_out, first_output_map(t_out).clone()
@@ -161,6 +175,8 @@ def compare(
             result.repeated_key.append(_same(d_out, key_out))
             if measure:
                 result.delta_frame_macs.append(measured_delta_macs(model, macs))
+            elif costed:
+                result.delta_frame_macs.append(round(timed_stream.last_cost * macs.teacher))
         t_pred, d_pred = postprocess(t_out), postprocess(d_out)
         result.ms_teacher.append((t1 - t0) * 1e3)
         result.ms_delta.append((t2 - t1) * 1e3)

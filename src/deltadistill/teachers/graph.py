@@ -16,7 +16,8 @@ that is here and format-free:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -102,6 +103,9 @@ class GraphModule(nn.Module):
         self._output_slots: list[int] = []
         self._release: list[tuple[int, ...]] = []
         self._n_slots = 0
+        #: slot -> value to use instead of computing it (`holding`); slots whose values to keep (`recording`)
+        self._held: dict[int, Tensor] | None = None
+        self._record: dict[int, Tensor | None] | None = None
 
     # ------------------------------------------------------------------ plan building (front ends call these)
     def _new_slot(self) -> int:
@@ -177,6 +181,49 @@ class GraphModule(nn.Module):
             fn, ins, outs, mod = self._steps[i]
             self._steps[i] = (make(seen.get(i)), ins, outs, mod)
 
+    # ------------------------------------------------------------------ held values (region runtimes)
+    @torch.no_grad()
+    def global_slots(self, *inputs: Tensor) -> list[int]:
+        """Slots that reduce a whole feature map to one value per channel (squeeze-excite pools, global
+        means), found by one probe run: a step with an ``(N, C, H, W)`` input, ``H * W > 1``, and an
+        ``(N, C', 1, 1)`` output. A runtime that computes part of a frame holds these at their keyframe
+        values: computed over a crop they would see only the crop."""
+        found: list[int] = []
+        steps = list(self._steps)
+        for i, (fn, ins, outs, mod) in enumerate(steps):
+            def probe(*xs: Any, _fn: Callable[..., Any] = fn, _outs: tuple[int, ...] = outs) -> Any:
+                r = _fn(*xs)
+                spatial = [x for x in xs if isinstance(x, Tensor) and x.dim() == 4 and x.shape[-2] * x.shape[-1] > 1]
+                if spatial and len(_outs) == 1 and isinstance(r, Tensor) and r.dim() == 4 and r.shape[-2:] == (1, 1):
+                    found.append(_outs[0])
+                return r
+
+            if mod is None:
+                self._steps[i] = (probe, ins, outs, mod)
+        try:
+            self._run(inputs, stream_state=None)
+        finally:
+            self._steps = steps
+        return found
+
+    @contextmanager
+    def holding(self, values: dict[int, Tensor]) -> Iterator[None]:
+        """Within the block, the steps that produce these slots are skipped and the given values used."""
+        previous, self._held = self._held, dict(values)
+        try:
+            yield
+        finally:
+            self._held = previous
+
+    @contextmanager
+    def recording(self, slots: Sequence[int]) -> Iterator[dict[int, Tensor | None]]:
+        """Within the block, each call keeps the values of ``slots`` in the yielded dict."""
+        previous, self._record = self._record, dict.fromkeys(slots)
+        try:
+            yield self._record
+        finally:
+            self._record = previous
+
     # ------------------------------------------------------------------ execution
     def _static_plan(self, frozen: frozenset[str]) -> tuple[tuple[bool, ...], frozenset[int]]:
         """Steps whose result can't change between keyframes when the convs in ``frozen`` output constants.
@@ -231,10 +278,13 @@ class GraphModule(nn.Module):
                         env[s_] = v
                     border = frozenset()
         keep: dict[int, Tensor] = {}
+        held, record = self._held, self._record
         for i, ((fn, ins, outs, mod), release) in enumerate(zip(self._steps, self._release, strict=True)):
             if skip and skip[i]:
                 continue
-            if mod is None:
+            if held and len(outs) == 1 and outs[0] in held:
+                r = held[outs[0]]
+            elif mod is None:
                 r = fn(*[env[j] for j in ins])
             else:
                 r = fn(convs[mod], env[ins[0]])
@@ -245,6 +295,8 @@ class GraphModule(nn.Module):
                     env[o] = v
             if border:
                 keep.update((o, env[o]) for o in outs if o in border)
+            if record is not None:
+                record.update((o, env[o]) for o in outs if o in record)
             for s_ in release:
                 env[s_] = None
         if border and state is not None:  # a keyframe with frozen convs: remember the static part's border values

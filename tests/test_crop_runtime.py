@@ -1,0 +1,237 @@
+"""The crop runtime (`runtime.crop`): exact where it computes, the right tiles, no drift, fair reports.
+
+The networks are small ONNX graphs imported as teachers, so the runtime crops the same graph plan
+(`teachers.graph.GraphModule`) the zoo's teachers run on: random biases, zero padding at every
+edge, stride-2 convs down to odd map sizes, and in one of them a squeeze-excite gate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from deltadistill.apps.fastest import content_size, fastest_dense  # noqa: E402
+from deltadistill.rival import rival_equal_time  # noqa: E402
+from deltadistill.runtime.crop import CropError, CropStream  # noqa: E402
+from deltadistill.runtime.regions import Box, active_tiles, plan_crops  # noqa: E402
+from deltadistill.teachers import from_onnx  # noqa: E402
+
+H, W = 72, 104  # multiples of 8; the stride-8 output is 9x13, odd both ways
+
+
+def _net(tmp_path, *, gate: bool = False, blur: bool = False, flat: bool = False) -> nn.Module:
+    """A teacher with a known receptive field: three stride-2 3x3 convs and a 3x3 head (radius 1+1+2+4+8
+    = 16 input pixels, output at stride 8); or, with ``blur``, one 3x3 averaging conv (radius 1, stride 1)."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+
+    def const(a: np.ndarray) -> str:
+        name = f"c{len(inits)}"
+        inits.append(numpy_helper.from_array(np.asarray(a, np.float32), name))
+        return name
+
+    def conv(x: str, cin: int, cout: int, stride: int, relu: bool = True, k: int = 3) -> str:
+        out = f"v{len(nodes)}"
+        w = const(rng.standard_normal((cout, cin, k, k)) * 0.4)
+        b = const(rng.standard_normal(cout) * 0.5)  # random biases: a zero halo must stay zero padding
+        nodes.append(helper.make_node("Conv", [x, w, b], [out], strides=[stride, stride], pads=[k // 2] * 4))
+        if not relu:
+            return out
+        nodes.append(helper.make_node("Relu", [out], [out + "r"]))
+        return out + "r"
+
+    if blur:
+        w = const(np.full((3, 1, 3, 3), 1 / 9))
+        nodes.append(helper.make_node("Conv", ["x", w], ["y"], group=3, pads=[1, 1, 1, 1]))
+        y = "y"
+    else:
+        y = conv(conv(conv(conv("x", 3, 6, 1), 6, 8, 2), 8, 8, 2), 8, 8, 2)
+        if gate:
+            nodes.append(helper.make_node("GlobalAveragePool", [y], ["pool"]))
+            nodes.append(helper.make_node("Sigmoid", [conv("pool", 8, 8, 1, relu=False, k=1)], ["scale"]))
+            nodes.append(helper.make_node("Mul", [y, "scale"], ["gated"]))
+            y = "gated"
+        y = conv(y, 8, 2, 1, relu=False)
+        if flat:
+            nodes.append(helper.make_node("Flatten", [y], ["flat"]))
+            y = "flat"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    path = tmp_path / f"net{int(gate)}{int(blur)}{int(flat)}.onnx"
+    onnx.save(model, path)
+    return from_onnx(path).eval()
+
+
+def _clip(n: int = 24) -> list[torch.Tensor]:
+    """A static textured scene; a square crosses it from the top-left corner to the bottom-right one,
+    and on some frames the other two corners flicker: changes touch all four edges, most tiles never change."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.rand(1, 3, H, W, generator=g)
+    frames = []
+    for i in range(n):
+        x = base.clone()
+        y0, x0 = min(H - 12, 3 * i), min(W - 12, 4 * i)
+        x[..., y0:y0 + 12, x0:x0 + 12] = torch.rand(3, 1, 1, generator=g)
+        if i % 5 == 3:
+            x[..., :5, W - 6:] += 0.3  # top-right corner
+            x[..., H - 4:, :7] -= 0.3  # bottom-left corner
+        frames.append(x)
+    return frames
+
+
+def _run(stream: CropStream, teacher: nn.Module, frames: list[torch.Tensor]) -> tuple[float, list[float]]:
+    err, costs = 0.0, []
+    with torch.no_grad():
+        for x in frames:
+            got, want = stream(x), teacher(x)
+            err = max(err, float((got - want).abs().max()))
+            if not stream.last_key:
+                costs.append(stream.last_cost)
+    return err, costs
+
+
+def test_exact_where_computed_with_reach_and_margin_past_the_receptive_field(tmp_path):
+    """Threshold 0, nothing held: every frame equals the dense teacher, though most frames compute a
+    small part of it. Breakage tried: reach 0 (outputs next to a change stay stale) fails it."""
+    teacher = _net(tmp_path)
+    stream = CropStream(teacher, keyframe=100, threshold=0.0, tile=8, reach=16, margin=16, align=8, bucket=8)
+    err, costs = _run(stream, teacher, _clip())
+    assert err < 1e-4
+    assert min(costs) < 0.5 and max(costs) <= 1.0  # not a dense run in disguise
+    stale = CropStream(teacher, keyframe=100, threshold=0.0, tile=8, reach=0, margin=16, align=8, bucket=8)
+    assert _run(stale, teacher, _clip())[0] > 1e-3
+
+
+def test_buckets_give_the_same_output_as_exact_crops(tmp_path):
+    """Rounding crop sides up to a bucket changes what runs, never the result (within 1e-5)."""
+    teacher = _net(tmp_path)
+    exact = CropStream(teacher, keyframe=100, threshold=0.0, tile=8, reach=16, margin=16, align=8, bucket=8)
+    coarse = CropStream(teacher, keyframe=100, threshold=0.0, tile=8, reach=16, margin=16, align=8, bucket=(24, 32))
+    sizes = set()
+    with torch.no_grad():
+        for x in _clip():
+            a, b = exact(x), coarse(x)
+            assert torch.allclose(a, b, atol=1e-5)
+            sizes.update(c.crop.size for c in coarse.last_crops)
+    assert sizes and all(h % 24 == 0 or h == H for h, _ in sizes) and all(w % 32 == 0 or w == W for _, w in sizes)
+
+
+def test_exactly_the_tiles_a_moving_square_touches():
+    """A square moves 3 pixels right: the active tiles are the ones its old and new places touch, and
+    the crop is their box grown by the margin, on the stride grid. An always-dense plan fails this."""
+    ref = torch.zeros(1, 3, 64, 96)
+    x = ref.clone()
+    ref[..., 20:28, 28:36] = 1.0
+    x[..., 20:28, 31:39] = 1.0
+    active = active_tiles(x, ref, 8, 0.0)
+    assert torch.nonzero(active).tolist() == [[2, 3], [2, 4], [3, 3], [3, 4]]
+    (crop,) = plan_crops(active, 8, (64, 96), margin=8, align=8, bucket=(8, 8))
+    assert crop.inside == Box(16, 24, 32, 40)
+    assert crop.crop == Box(8, 16, 40, 48)
+    assert crop.crop.area < 64 * 96 / 4
+
+
+def test_scattered_changes_get_their_own_crops_and_specks_can_wait():
+    """Two far-apart movers give two small crops, not one box over the frame; a group smaller than
+    ``min_tiles`` is left for later."""
+    active = torch.zeros(8, 12, dtype=torch.bool)
+    active[0:2, 0:2] = True  # one mover, top-left
+    active[6:8, 10:12] = True  # another, bottom-right
+    active[0, 11] = True  # a speck
+    crops = plan_crops(active, 8, (64, 96), margin=8, align=8, bucket=(8, 8), min_tiles=2)
+    assert [c.inside for c in crops] == [Box(0, 0, 16, 16), Box(48, 80, 64, 96)]
+    assert sum(c.crop.area for c in crops) < 0.25 * 64 * 96
+    one = plan_crops(active, 8, (64, 96), margin=8, align=8, bucket=(8, 8), min_tiles=1, max_crops=1)
+    assert len(one) == 1 and one[0].inside == Box(0, 0, 64, 96)
+
+
+def test_no_drift_under_slow_brightness_creep(tmp_path):
+    """500 frames of a region brightening by 0.001 a frame, no keyframe after the first: the change is
+    caught each time it passes the threshold, and the error never exceeds what the threshold allows
+    (an average of inputs each within the threshold of the reference). Breakage tried: testing each
+    frame against the previous one instead of the reference kept where computed never catches the
+    creep, and fails it."""
+    teacher = _net(tmp_path, blur=True)
+    stream = CropStream(teacher, keyframe=10_000, threshold=0.01, tile=8, reach=8, margin=8, align=8, bucket=8,
+                        hold_gates=True)
+    base = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(2)) * 0.4
+    worst, computed = 0.0, 0
+    with torch.no_grad():
+        for i in range(500):
+            x = base.clone()
+            x[..., 16:40, 24:56] += 0.001 * i
+            worst = max(worst, float((stream(x) - teacher(x)).abs().max()))
+            computed += stream.last_cost > 0
+    assert worst <= 0.01 + 1e-6
+    assert 20 <= computed <= 100  # caught about every tenth frame, not every frame
+
+
+def test_held_gates_are_the_keyframes(tmp_path):
+    """The squeeze-excite pool is found and held: a delta frame equals the teacher run on the whole
+    frame with the gate at its keyframe value."""
+    teacher = _net(tmp_path, gate=True)
+    stream = CropStream(teacher, keyframe=100, threshold=0.0, tile=8, reach=16, margin=16, align=8, bucket=8)
+    assert len(stream.gate_slots) == 1
+    frames = _clip(10)
+    graph = teacher.graph
+    with torch.no_grad(), graph.recording(stream.gate_slots) as seen:
+        teacher(frames[0])
+    held = {s: v.clone() for s, v in seen.items()}
+    with torch.no_grad():
+        for i, x in enumerate(frames):
+            got = stream(x)
+            with graph.holding(held):
+                want = teacher(x)
+            assert torch.allclose(got, want, atol=1e-4), i
+        assert not torch.allclose(teacher(frames[-1]), want, atol=1e-4)  # the gate did move: holding mattered
+
+
+def test_a_model_it_cannot_crop_is_refused_in_one_line(tmp_path):
+    with pytest.raises(CropError, match="spatial maps"):
+        CropStream(_net(tmp_path, flat=True), align=8, bucket=8)(torch.rand(1, 3, H, W))
+    plain = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1))
+    plain.input_size = (H, W)
+    with pytest.raises(CropError, match="no graph plan"):
+        CropStream(plain, align=8)
+    stream = CropStream(plain, hold_gates=False, align=8, bucket=8)
+    with pytest.raises(CropError, match="frames of shape"):
+        stream(torch.rand(1, 3, H + 8, W))
+    with pytest.raises(CropError, match="multiple of the stride"):
+        CropStream(plain, hold_gates=False, align=8, margin=12)
+
+
+def test_rival_equal_time_by_hand():
+    """Teacher 10 ms on its fastest path, delta model 4 ms: K_t = 2.5, between the rival's scores at
+    K=2 and K=3, interpolated in 1/K; a model slower than the teacher is told so."""
+    preds = list(range(12))
+
+    def score(p: list[int]) -> float:
+        return sum(a == b for a, b in zip(p, preds, strict=True)) / len(preds)
+
+    r = rival_equal_time(preds, score, 10.0, 4.0, accuracy=0.9)
+    s2, s3 = 6 / 12, 4 / 12
+    w = (1 / 2 - 1 / 2.5) / (1 / 2 - 1 / 3)
+    assert r["interval"] == pytest.approx(2.5)
+    assert r["value"] == pytest.approx((1 - w) * s2 + w * s3)
+    assert r["beats"] is True
+    slow = rival_equal_time(preds, score, 4.0, 10.0, accuracy=0.9)
+    assert slow["value"] == 1.0 and "slower" in slow["words"] and not slow["beats"]
+
+
+def test_fastest_dense_counts_the_teacher_without_its_letterbox_bars(tmp_path):
+    """A 4:3 video in a 72x104 input: the content-size teacher is a candidate, and the fastest wins."""
+    assert content_size((480, 640), (512, 512)) == (384, 512)
+    assert content_size((272, 640), (256, 256)) == (128, 256)
+    teacher = _net(tmp_path)
+    fd = fastest_dense(teacher, (300, 640), engines=("torch",), runs=3, align=8)
+    sizes = [tuple(c["input_size"]) for c in fd["candidates"]]
+    assert sizes == [(H, W), (56, W)]
+    assert fd["ms"] == min(c["ms"] for c in fd["candidates"])
+    assert fd["precision"] == "f32" and fd["backend"] == "torch"
