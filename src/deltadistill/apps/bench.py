@@ -115,16 +115,14 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
     if backend != "torch" and compile:
         raise ValueError(f"--compile is torch.compile: it has no meaning for the {backend} backend")
     policy = SceneCut(keyframe_interval, scene_cut) if scene_cut else None
-    tmp = tempfile.TemporaryDirectory(prefix="deltadistill-onnx-") if backend != "torch" or engines else None
+    tmp = tempfile.TemporaryDirectory(prefix="deltadistill-onnx-") if backend == "onnxruntime" else None
     runners: tuple | None = None
     try:
-        fastest = (fastest_dense(teacher, (info.height, info.width), engines=tuple(engines), workdir=Path(tmp.name))
-                   if engines and tmp is not None else None)
+        fastest = fastest_dense(teacher, (info.height, info.width), engines=tuple(engines)) if engines else None
         if runtime == "crop":
-            assert tmp is not None or backend == "torch"
             stream = CropStream(teacher, copy.deepcopy(policy) or keyframe_interval, backend=backend,
                                 **(crop or {})).prepare(progress)
-            runners = (dense_runner(teacher, backend, size, Path(tmp.name) if tmp else Path("."), threads), stream)
+            runners = (dense_runner(teacher, backend, size, threads=threads), stream)
         elif backend == "onnxruntime":
             assert tmp is not None
             runners = _onnx_runners(teacher, model, Path(tmp.name), size, keyframe_interval, policy)
@@ -162,11 +160,18 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
     timing = {"teacher": cmp.tail_ms("teacher"), "delta": cmp.tail_ms("delta")}
     extra_time: dict[str, Any] = {}
     if fastest is not None:
-        extra_time = {"fastest_dense": fastest, "speedup_vs_fastest_dense": fastest["ms"] / cmp.delta_ms}
+        fastest_ms = _fastest_during_run(fastest, backend, size, cmp.teacher_ms)
+        extra_time = {"fastest_dense": {**fastest, "ms_during_run": fastest_ms},
+                      "speedup_vs_fastest_dense": fastest_ms / cmp.delta_ms}
         accuracy["rival_equal_time"] = rival_equal_time(
-            cmp.teacher_preds, lambda preds: task.accuracy(preds, cmp.teacher_preds)["value"], fastest["ms"],
+            cmp.teacher_preds, lambda preds: task.accuracy(preds, cmp.teacher_preds)["value"], fastest_ms,
             cmp.delta_ms, accuracy["value"],
             keys_at=(lambda k: keyframe_flags(cmp.changes, k, scene_cut)) if policy is not None else None)
+    if cmp.stages:  # where a crop runtime's delta frames spent their time, medians over delta frames
+        st = cmp.stages[cmp.warmup:] or cmp.stages
+        extra_time["crop_stages"] = {k: float(np.median([d.get(k, 0.0) for d in st]))
+                                     for k in ("active", "computed", "crops", "detect", "run", "paste")}
+        extra_time["crop_stages"]["mean_computed"] = float(np.mean([d["computed"] for d in st]))
     traffic = None
     if model is not None and runtime == "dense":
         two = [teacher.preprocess(f[None]) for f in iter_frames(video, size, "letterbox", start, start + 2)]
@@ -184,6 +189,15 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
                            "letterbox_share": letterbox_share((info.height, info.width), size),
                            "macs_measured": bool(cmp.delta_frame_macs)})
     return report, cmp
+
+
+def _fastest_during_run(fastest: dict[str, Any], backend: str, size: tuple[int, ...], teacher_ms: float) -> float:
+    """The fastest dense teacher's ms, scaled to the run: the candidates were timed before it, so where
+    one of them is the teacher the run timed (same engine, full size), the run's own interleaved
+    teacher time times their ratio is used; a machine that got slower or faster since moves both."""
+    same = [c for c in fastest["candidates"]
+            if c["backend"] == backend and tuple(c["input_size"]) == tuple(size) and "ms" in c]
+    return teacher_ms * fastest["ms"] / same[0]["ms"] if same else fastest["ms"]
 
 
 def _crop_settings(stream: CropStream) -> dict[str, Any]:

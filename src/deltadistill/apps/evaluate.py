@@ -48,6 +48,9 @@ class Comparison:
     #: the teacher's keyframe output repeated (the rival at the same K)
     change_error: float = 0.0
     change_energy: float = 0.0
+    #: per delta frame of a runtime that reports them (`runtime.crop.CropStream`): the share of tiles
+    #: that moved, the share of the frame computed, and where its time went
+    stages: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def recovered(self) -> float | None:
@@ -177,6 +180,9 @@ def compare(
                 result.delta_frame_macs.append(measured_delta_macs(model, macs))
             elif costed:
                 result.delta_frame_macs.append(round(timed_stream.last_cost * macs.teacher))
+            if hasattr(timed_stream, "last_ms"):
+                result.stages.append({"active": timed_stream.last_active, "computed": timed_stream.last_cost,
+                                      "crops": len(timed_stream.last_crops), **timed_stream.last_ms})
         t_pred, d_pred = postprocess(t_out), postprocess(d_out)
         result.ms_teacher.append((t1 - t0) * 1e3)
         result.ms_delta.append((t2 - t1) * 1e3)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import copy
 import statistics
-import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,29 +48,26 @@ def _median_ms(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, runs: int, wa
     return statistics.median(times), q[2] - q[0]
 
 
-def dense_runner(teacher: nn.Module, engine: str, size: tuple[int, int], workdir: Path,
+def dense_runner(teacher: nn.Module, engine: str, size: tuple[int, int], workdir: str | Path | None = None,
                  threads: int | None = None) -> Callable[[torch.Tensor], Any]:
-    """The plain teacher at ``size`` on ``engine``, as a callable on an NCHW frame."""
+    """The plain teacher at ``size`` on ``engine``, as a callable on an NCHW frame; exports are kept in
+    ``workdir`` (default: the export cache, `runtime.cache`), made once per weights and size."""
     t = _resized(teacher, size).eval()
     if engine == "torch":
         t = t.to(memory_format=torch.channels_last)
         return lambda x: t(x.contiguous(memory_format=torch.channels_last))
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+    from ..runtime.cache import cache_dir, cached, fingerprint
     from ..runtime.export import export_plain_onnx
 
-    file = workdir / f"teacher_{size[0]}x{size[1]}.onnx"
-    if not file.is_file():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            export_plain_onnx(t, file, size)
     if engine == "onnxruntime":
-        from ..runtime.onnx_stream import OnnxModel
-
-        return OnnxModel(file, threads)
-    if engine == "openvino":
-        from ..runtime.openvino import OpenVinoModel
-
-        return OpenVinoModel(file, threads)
-    raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+        from ..runtime.onnx_stream import OnnxModel as Engine
+    else:
+        from ..runtime.openvino import OpenVinoModel as Engine  # type: ignore[assignment]
+    name = f"teacher-{fingerprint(teacher)}_{size[0]}x{size[1]}.onnx"
+    file = cached(cache_dir(workdir) / name, lambda tmp: export_plain_onnx(t, tmp, size))
+    return Engine(file, threads)
 
 
 @torch.no_grad()
@@ -86,26 +81,20 @@ def fastest_dense(teacher: nn.Module, frame_hw: tuple[int, int] | None = None, *
     sizes = [size]
     if frame_hw is not None and content_size(frame_hw, size, align) != size:
         sizes.append(content_size(frame_hw, size, align))
-    tmp = tempfile.TemporaryDirectory(prefix="deltadistill-dense-") if workdir is None else None
-    work = Path(tmp.name if tmp is not None else workdir)  # type: ignore[arg-type]
     candidates: list[dict[str, Any]] = []
-    try:
-        for engine in engines:
-            for s in sizes:
-                entry: dict[str, Any] = {"backend": engine, "precision": "f32", "input_size": list(s),
-                                         "content_size": s != size}
-                try:
-                    run = dense_runner(teacher, engine, s, work, threads)
-                except ImportError as e:
-                    entry["skipped"] = str(e).splitlines()[0]
-                    candidates.append(entry)
-                    continue
-                x = torch.rand(1, 3, *s) * float(getattr(teacher, "input_range", 1.0))
-                entry["ms"], entry["iqr_ms"] = _median_ms(run, x, runs)
+    for engine in engines:
+        for s in sizes:
+            entry: dict[str, Any] = {"backend": engine, "precision": "f32", "input_size": list(s),
+                                     "content_size": s != size}
+            try:
+                run = dense_runner(teacher, engine, s, workdir, threads)
+            except ImportError as e:
+                entry["skipped"] = str(e).splitlines()[0]
                 candidates.append(entry)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+                continue
+            x = torch.rand(1, 3, *s) * float(getattr(teacher, "input_range", 1.0))
+            entry["ms"], entry["iqr_ms"] = _median_ms(run, x, runs)
+            candidates.append(entry)
     timed = [c for c in candidates if "ms" in c]
     best = min(timed, key=lambda c: c["ms"])
     return {**{k: best[k] for k in ("backend", "precision", "input_size", "ms", "iqr_ms")},

@@ -80,6 +80,20 @@ def table(report: dict[str, Any]) -> str:
     if rival:
         rows.insert(next(i for i, r in enumerate(rows) if r[0] == acc["metric"]) + 1, (f"rival at equal MACs (K={rival['interval']:.2f})", "", f"{rival['value']:.3f}",
                         rival_words(acc["value"], rival)))
+    fastest = report.get("fastest_dense")
+    if fastest:
+        h, w = fastest["input_size"]
+        rows.insert(3, (f"fastest dense teacher ms ({fastest['backend']}, {h}x{w})", f"{fastest['ms']:.1f}",
+                        f"{ms['delta']:.1f}", speed_words(report["speedup_vs_fastest_dense"])))
+    timed = acc.get("rival_equal_time")
+    if timed:
+        at = next(i for i, r in enumerate(rows) if r[0] == acc["metric"]) + 1
+        rows.insert(at + 1 if rival else at, (f"rival at equal time (K={timed['interval']:.2f})", "", f"{timed['value']:.3f}",
+                                              rival_words(acc["value"], timed)))
+    tail = report.get("latency_ms")
+    if tail:
+        rows.insert(3, ("p95 / worst ms of a frame", f"{tail['teacher']['p95']:.1f} / {tail['teacher']['max']:.1f}",
+                        f"{tail['delta']['p95']:.1f} / {tail['delta']['max']:.1f}", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -88,6 +102,8 @@ def table(report: dict[str, Any]) -> str:
     if bars >= 0.05:
         out += (f"\nnote: letterbox bars fill {bars:.0%} of each input frame. The teacher and the rival compute "
                 "them; a sparse delta model skips them, so part of its saving is theirs (BENCHMARKS.md note 29).")
+    if timed and timed.get("speed_ratio", timed["interval"]) < 1:
+        out += f"\nnote: {timed['words']}."
     if report.get("detail", {}).get("delta_frames_repeating_keyframe", 0.0) == 1.0:
         out += "\nnote: every delta frame returned its keyframe's output, bit for bit: " + REPEAT_NOTE
     return out

