@@ -15,7 +15,6 @@ import numpy as np
 
 from .errors import VideoError, VideoWarning
 
-
 #: a static-camera clip shipped with deltadistill (Apache-2.0, from OpenCV's samples; see its LICENSE file)
 STATIC_HANDS = Path(__file__).resolve().parent / "data" / "static-hands.mp4"
 
