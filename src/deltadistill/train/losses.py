@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -88,16 +89,20 @@ def resolve_task_loss(model: nn.Module, task_loss: str | TaskLoss) -> TaskLoss:
 def distill_loss(model: nn.Module) -> Tensor:
     """Mean over layers of MSE(predicted delta, teacher delta), each normalised by its delta's energy.
 
-    Normalising by ``mean(true_delta^2)`` makes each layer count alike, whatever its scale.
+    Normalising by ``mean(true_delta^2)`` makes each layer count alike, whatever its scale. Under
+    DDP that energy is the whole batch's (the ranks' equal parts averaged), not each rank's own, so
+    that the ranks' averaged gradients are those of one process on the whole batch.
     """
-    terms = []
-    for _, layer in delta_layers(model):
-        if isinstance(layer, DeltaConv2d) and layer.last_pred_delta is not None and layer.last_true_delta is not None:
-            true = layer.last_true_delta
-            terms.append(F.mse_loss(layer.last_pred_delta, true) / (true.pow(2).mean() + 1e-8))
-    if not terms:
+    pairs = [(layer.last_pred_delta, layer.last_true_delta) for _, layer in delta_layers(model)
+             if isinstance(layer, DeltaConv2d) and layer.last_pred_delta is not None
+             and layer.last_true_delta is not None]
+    if not pairs:
         raise RuntimeError("no layer recorded deltas: run the model in clip mode with record_true_delta on")
-    return torch.stack(terms).mean()
+    energy = torch.stack([true.detach().pow(2).mean() for _, true in pairs])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(energy)
+        energy = energy / dist.get_world_size()
+    return torch.stack([F.mse_loss(pred, true) / (e + 1e-8) for (pred, true), e in zip(pairs, energy, strict=True)]).mean()
 
 
 class CostModel:
