@@ -151,7 +151,8 @@ def _floats(text: str, what: str) -> list[float]:
 
 @app.command()
 def bench(
-    teacher: str = typer.Option(..., help="teacher name, an .onnx file or a TF.js model.json"),
+    teacher: Optional[str] = typer.Option(None, help="teacher name, an .onnx file or a TF.js model.json (default "
+                                          "with --model: the one the model records)"),
     video: Path = typer.Option(..., help="video to run both models on"),
     input_size: Optional[str] = typer.Option(None, help=INPUT_SIZE_HELP),
     value_range: Optional[str] = typer.Option(None, help=VALUE_RANGE_HELP),
@@ -199,6 +200,12 @@ def bench(
             import torch
 
             torch.set_num_threads(threads)
+        if model is not None:  # a saved model records its teacher, as `run` reads it
+            from deltadistill.runtime.resolve import pick_teacher
+
+            teacher = pick_teacher(model, teacher)
+        if not teacher:
+            raise ValueError("give --teacher (or a --model, which records its teacher)")
         t = _teacher(teacher, input_size, value_range, task, video=video, model_dir=model)
         calib = None
         if model is None or sweep_budgets:
