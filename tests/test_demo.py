@@ -65,6 +65,13 @@ def test_demo_quick_writes_a_valid_report(demo_dir: Path) -> None:
     assert 0 <= rival["value"] <= 1 and rival["beats"] == (report["accuracy"]["value"] >= rival["value"]
                                                           + rival["margin_needed"] - 1e-12)
     assert "rival at equal MACs" in (demo_dir / "stdout.txt").read_text()
+    # Pinned from one recorded run of these very frames (`deltadistill demo --quick` here, 2 CPU threads;
+    # frames 0..23 of bikes at K=4): mIoU 1.000 and the rival 1.000, as selfie's mask hardly changes over
+    # them (output change recovered ~0). Broken repeat_share (always 1.0) fails it.
+    assert report["accuracy"]["value"] == pytest.approx(1.0, abs=0.005)
+    assert rival["value"] == pytest.approx(1.0, abs=0.005)
+    assert rival["margin_needed"] == pytest.approx(min(0.02, (1 - rival["value"]) / 2))
+    assert report["detail"]["delta_frames_repeating_keyframe"] < 1  # a working model computes its delta frames
     # bikes (640x272) letterboxed into selfie's 256x256: the report says how much of the input is bars
     assert report["letterbox_share"] == pytest.approx(0.57, abs=0.01)
     assert "letterbox bars fill 57%" in (demo_dir / "stdout.txt").read_text()
@@ -83,6 +90,16 @@ def test_bench_runs_on_the_demo_model(demo_dir: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(out.read_text())
     assert SCHEMA <= report.keys() and report["frames"] == 12 and report["keyframe_interval"] == 4
+    # Pinned from one recorded run of this very command on the demo --quick model (2 CPU threads;
+    # frames 200..211 of bikes, K=4, the scene-cut guard on by default): mIoU 0.855 against the teacher,
+    # the rival at equal MACs 0.786 (interval 2.27). Broken with margin_needed = min(0.03, ...) and with
+    # repeat_share always 1.0: both fail.
+    acc = report["accuracy"]
+    assert acc["value"] == pytest.approx(0.855, abs=0.01)
+    rival = acc["rival_equal_macs"]
+    assert rival["value"] == pytest.approx(0.786, abs=0.01)
+    assert rival["margin_needed"] == pytest.approx(min(0.02, (1 - rival["value"]) / 2))
+    assert report["detail"]["delta_frames_repeating_keyframe"] < 1  # a working model computes its delta frames
 
 
 def test_bench_refuses_a_bad_model_dir(tmp_path: Path) -> None:
