@@ -58,7 +58,7 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
                       engines: Sequence[str] | None = ENGINES) -> tuple[dict, Comparison]:
     """Run both models over ``video[start:stop]``; return (report dict, per-frame comparison).
 
-    ``backend="onnxruntime"``: export both (into a temporary directory) and time the exported graphs.
+    ``backend="onnxruntime"`` or ``"openvino"``: export both and time the exported graphs on that engine.
     ``scene_cut``: keyframes also at scene cuts (`SceneCut`), for the delta model and the rival alike.
     ``runtime="crop"``: no delta model (``model`` is ignored); the teacher runs crop by crop
     (`runtime.crop.CropStream`, options in ``crop``) on ``backend`` (torch or openvino), beside the
@@ -74,9 +74,6 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if runtime == "crop" and backend == "onnxruntime":
         raise ValueError("--runtime crop runs on torch or openvino, not onnxruntime")
-    if runtime == "dense" and backend == "openvino":
-        raise ValueError("--backend openvino runs the crop runtime (--runtime crop); a delta model's exported "
-                         "graphs run on onnxruntime")
     if runtime == "dense" and model is None:
         raise ValueError("the dense runtime needs a delta model")
     task = task_for(teacher)
@@ -115,7 +112,7 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
     if backend != "torch" and compile:
         raise ValueError(f"--compile is torch.compile: it has no meaning for the {backend} backend")
     policy = SceneCut(keyframe_interval, scene_cut) if scene_cut else None
-    tmp = tempfile.TemporaryDirectory(prefix="deltadistill-onnx-") if backend == "onnxruntime" else None
+    tmp = tempfile.TemporaryDirectory(prefix="deltadistill-onnx-") if backend != "torch" and runtime == "dense" else None
     runners: tuple | None = None
     try:
         fastest = fastest_dense(teacher, (info.height, info.width), engines=tuple(engines)) if engines else None
@@ -123,9 +120,8 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
             stream = CropStream(teacher, copy.deepcopy(policy) or keyframe_interval, backend=backend,
                                 **(crop or {})).prepare(progress)
             runners = (dense_runner(teacher, backend, size, threads=threads), stream)
-        elif backend == "onnxruntime":
-            assert tmp is not None
-            runners = _onnx_runners(teacher, model, Path(tmp.name), size, keyframe_interval, policy)
+        elif tmp is not None:  # the exported graphs, on onnxruntime or OpenVINO
+            runners = _onnx_runners(teacher, model, Path(tmp.name), size, keyframe_interval, policy, backend)
         cmp = compare(teacher, model if runtime == "dense" else None, iter_frames(video, size, "letterbox", start, stop),
                       keyframe_interval=keyframe_interval, preprocess=teacher.preprocess,
                       postprocess=lambda out: task.single(teacher.postprocess(out)),
@@ -208,15 +204,15 @@ def _crop_settings(stream: CropStream) -> dict[str, Any]:
 
 
 def _onnx_runners(teacher: nn.Module, model: nn.Module, tmp: Path, size: tuple[int, ...], k: int,
-                  policy: Any = None) -> tuple:
-    """The exported teacher and the exported delta model's stream, each on onnxruntime."""
-    from ..runtime.export import export_onnx, export_plain_onnx
-    from ..runtime.onnx_stream import OnnxModel, OnnxStream
+                  policy: Any = None, engine: str = "onnxruntime") -> tuple:
+    """The exported teacher and the exported delta model's stream, each on ``engine`` (onnxruntime or openvino)."""
+    from ..runtime.export import export_onnx
+    from ..runtime.onnx_stream import OnnxStream
 
     threads = torch.get_num_threads()
     export_onnx(model, tmp / "delta", input_size=tuple(size), keyframe_interval=k)
-    plain = export_plain_onnx(teacher, tmp / "teacher.onnx", tuple(size))
-    return OnnxModel(plain, threads), OnnxStream(tmp / "delta", keyframe=copy.deepcopy(policy) or k, threads=threads)
+    return (dense_runner(teacher, engine, tuple(size), threads=threads),  # type: ignore[arg-type]
+            OnnxStream(tmp / "delta", keyframe=copy.deepcopy(policy) or k, threads=threads, engine=engine))
 
 
 def calibrated_model(teacher: nn.Module, data: Any, budget: float, clips: int = 16,

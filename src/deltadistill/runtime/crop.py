@@ -269,7 +269,10 @@ class CropStream:
         if not plans:
             self.last_ms = {"detect": (t1 - t0) * 1e3, "run": 0.0, "paste": 0.0}
             return
-        pasted = [kept.clone() for kept in self._outputs]  # new tensors: outputs handed out before stay as they were
+        # copies and pastes in numpy, on one thread (see `regions.active_tiles`); new arrays, so that
+        # outputs handed out before stay as they were
+        pasted = [kept.detach().numpy().copy(order="K") for kept in self._outputs]
+        ref, xs = self._ref.numpy(), x.detach().numpy()
         for plan in plans:
             cy, cx = plan.crop.slices()
             r0 = time.perf_counter()
@@ -279,10 +282,10 @@ class CropStream:
             local = inside.shifted(-plan.crop.y0, -plan.crop.x0)
             for out, new, (sy, sx) in zip(pasted, outs, self._scales, strict=True):
                 (dy, dx), (ly, lx) = inside.scaled(sy, sx).slices(), local.scaled(sy, sx).slices()
-                out[..., dy, dx] = new[..., ly, lx]
+                out[..., dy, dx] = new.detach().numpy()[..., ly, lx]
             iy, ix = inside.slices()
-            self._ref[..., iy, ix] = x[..., iy, ix]
-        self._outputs = tuple(pasted)
+            ref[..., iy, ix] = xs[..., iy, ix]
+        self._outputs = tuple(torch.from_numpy(p) for p in pasted)
         self.last_ms = {"detect": (t1 - t0) * 1e3, "run": run * 1e3,
                         "paste": (time.perf_counter() - t1 - run) * 1e3}
 

@@ -13,8 +13,13 @@ from ..stream import EveryK, KeyframePolicy
 from .export import read_manifest
 
 
-def session(file: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session with every graph optimisation on."""
+def session(file: str | Path, threads: int | None = None, engine: str = "onnxruntime"):
+    """An onnxruntime CPU session with every graph optimisation on; or, with ``engine="openvino"``,
+    an OpenVINO compiled model behind the same ``run(None, feed)`` call."""
+    if engine == "openvino":
+        from .openvino import OpenVinoSession
+
+        return OpenVinoSession(file, threads)
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -38,18 +43,19 @@ class OnnxModel:
 
 
 class OnnxStream:
-    """The onnxruntime twin of `DeltaStream`: call it with one frame ``(1, 3, H, W)`` at a time.
+    """The onnxruntime twin of `DeltaStream`: call it with one frame ``(1, 3, H, W)`` at a time
+    (``engine="openvino"`` runs the same graphs on OpenVINO).
 
     Returns the model's outputs as torch tensors (a tuple when the model has several), so a teacher's
     ``postprocess`` reads them as it reads the PyTorch model's.
     """
 
     def __init__(self, path: str | Path, keyframe: KeyframePolicy | int | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, engine: str = "onnxruntime") -> None:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
-        self.key_session = session(self.path / self.manifest["keyframe_graph"], threads)
-        self.delta_session = session(self.path / self.manifest["delta_graph"], threads)
+        self.key_session = session(self.path / self.manifest["keyframe_graph"], threads, engine)
+        self.delta_session = session(self.path / self.manifest["delta_graph"], threads, engine)
         k = keyframe if keyframe is not None else int(self.manifest["keyframe_interval"])
         self.policy: KeyframePolicy = EveryK(k) if isinstance(k, int) else k
         self.state_names = [s["name"] for s in self.manifest["state"]]

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -60,10 +59,15 @@ class Crop:
 def active_tiles(x: Tensor, ref: Tensor, tile: int, threshold: float) -> Tensor:
     """Bool ``(rows, cols)``: tiles of ``tile`` pixels where ``|x - ref|`` passes ``threshold`` somewhere.
 
-    ``x`` and ``ref`` are ``(1, C, H, W)``; edge tiles may be partial.
+    ``x`` and ``ref`` are ``(1, C, H, W)``; edge tiles may be partial. In numpy, on one thread: torch's
+    thread pool, woken for a few small ops between two OpenVINO calls, fights OpenVINO's for the cores.
     """
-    d = (x - ref).abs().amax(dim=1, keepdim=True)
-    return F.max_pool2d(d, tile, ceil_mode=True)[0, 0] > threshold
+    d = np.abs(x.detach().numpy()[0] - ref.detach().numpy()[0]).max(axis=0)
+    h, w = d.shape
+    rows, cols = -(-h // tile), -(-w // tile)
+    if (rows * tile, cols * tile) != (h, w):
+        d = np.pad(d, ((0, rows * tile - h), (0, cols * tile - w)))
+    return torch.from_numpy(d.reshape(rows, tile, cols, tile).max(axis=(1, 3)) > threshold)
 
 
 def _span(lo: int, hi: int, margin: int, align: int, bucket: int, limit: int) -> tuple[int, int, int, int]:

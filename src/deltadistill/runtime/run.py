@@ -26,7 +26,7 @@ from ..stream import DeltaStream, SceneCut
 from ..tasks import DETECTION_SCORE_THRESHOLD, task_for
 from ..video import VideoWriter, fit_frame, is_live, iter_frames, video_info
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
 @dataclass
@@ -86,10 +86,13 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
               onnx_dir: str | Path | None = None, keyframe_interval: int = 4,
               out: str | Path | None = None, jsonl: str | Path | None = None,
               progress: bool = True, threads: int | None = None,
-              on_frame: Callable[[int, dict], None] | None = None, scene_cut: float | None = None) -> RunSummary:
+              on_frame: Callable[[int, dict], None] | None = None, scene_cut: float | None = None,
+              backend: str | None = None, runtime: str = "dense", crop: dict | None = None) -> RunSummary:
     """Run ``model`` (a deployed delta model; the plain ``teacher`` when None) or the exported graphs
     in ``onnx_dir`` over ``video`` and write ``out`` (mp4) and ``jsonl``. Outputs appear only complete.
-    ``scene_cut``: also a keyframe where the input jumps (`SceneCut`).
+    ``scene_cut``: also a keyframe where the input jumps (`SceneCut`). ``backend``: ``openvino`` runs
+    the exported graphs, or the plain teacher, on OpenVINO. ``runtime="crop"``: the teacher itself,
+    rerun only on boxes around what moved (`runtime.crop.CropStream`, options in ``crop``).
     """
     for path, what in ((out, "output video"), (jsonl, "JSONL output")):
         if path is not None:
@@ -101,12 +104,19 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
     size = tuple(teacher.input_size)
     live = is_live(video)  # a pipe, URL or device: read once as frames arrive; no count, no rate probe
     info = None if live else video_info(video)
-    backend = "onnxruntime" if onnx_dir is not None else "torch"
+    backend = backend or ("onnxruntime" if onnx_dir is not None else "torch")
     policy: Any = SceneCut(keyframe_interval, scene_cut) if scene_cut else keyframe_interval
-    if onnx_dir is not None:
+    plain: Callable[[torch.Tensor], Any] = teacher
+    cropping = runtime == "crop"
+    if cropping:
+        from .crop import CropStream
+
+        stream: Any = CropStream(teacher, policy, backend=backend, threads=threads, **(crop or {})).prepare(progress)
+        teacher_macs = _teacher_macs(teacher, size)
+    elif onnx_dir is not None:
         from .onnx_stream import OnnxStream
 
-        stream: Any = OnnxStream(onnx_dir, keyframe=policy, threads=threads)
+        stream = OnnxStream(onnx_dir, keyframe=policy, threads=threads, engine=backend)
         teacher_macs = int(stream.manifest.get("macs", {}).get("teacher") or _teacher_macs(teacher, size))
     else:
         net = model if model is not None else teacher
@@ -117,7 +127,11 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
         else:
             stream = None
             teacher_macs = _teacher_macs(net, size)
-    measured = onnx_dir is None and stream is not None and has_measured_macs(stream.model)
+            if backend == "openvino":
+                from ..apps.fastest import dense_runner
+
+                plain = dense_runner(teacher, "openvino", size, threads=threads)  # type: ignore[arg-type]
+    measured = cropping or (onnx_dir is None and stream is not None and has_measured_macs(stream.model))
     records: list[dict] = []
     total_macs, keys, n = 0.0, 0, 0
     writer = VideoWriter(out, fps=info.fps if info else 25.0).__enter__() if out else None
@@ -129,7 +143,7 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
                 frame, box = fit_frame(raw, size, "letterbox")
                 x = teacher.preprocess(frame[None]).contiguous(memory_format=torch.channels_last)
                 if stream is None:
-                    y, key = teacher(x), True
+                    y, key = plain(x), True
                 else:
                     y = stream(x)
                     key = bool(stream.last_key) if isinstance(stream.last_key, bool) else bool(stream.last_key.all())
@@ -137,6 +151,8 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
                 keys += key
                 if stream is None:
                     total_macs += teacher_macs
+                elif cropping:  # a crop costs about its share of the frame
+                    total_macs += teacher_macs if key else stream.last_cost * teacher_macs
                 elif onnx_dir is None:  # a keyframe costs the teacher plus any c = z_k - g(x_k) to fold
                     total_macs += report.keyframe if key else (
                         measured_delta_macs(stream.model, report) if measured else report.delta)
@@ -165,7 +181,7 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
     if jsonl is not None:
         atomic_write(Path(jsonl), lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))
     # onnxruntime cannot measure a sparse student's cost; a fixed-cost model's is in the manifest
-    per_frame: float | None = None if onnx_dir is not None and stream.manifest.get("macs", {}).get(
+    per_frame: float | None = None if onnx_dir is not None and not cropping and stream.manifest.get("macs", {}).get(
         "data_dependent", True) else total_macs / max(n, 1)
     return RunSummary(n, keys, seconds, n / max(seconds, 1e-9), per_frame, teacher_macs, measured or stream is None,
                       backend, str(out) if out else None, str(jsonl) if jsonl else None)
