@@ -192,6 +192,10 @@ def bench(
         for flag, path in (("--json", json_out), ("--render", render)):
             if path is not None:
                 check_output_file(path, flag)  # before any work: a bad path must not cost a whole run
+        if backend == "onnxruntime":
+            from deltadistill.extras import EXPORT, ONNXRUNTIME, require_all
+
+            require_all((*EXPORT, *ONNXRUNTIME), "deltadistill bench --backend onnxruntime")
         sweep_budgets = _floats(budgets, "--budgets")
         if sum(x is not None for x in (model, budget, sparse)) != 1:
             raise ValueError("give one of --model (a trained delta model), --budget (calibrate one now) or "
@@ -263,6 +267,9 @@ def export(
     from deltadistill.runtime.resolve import export_dir
 
     try:
+        from deltadistill.extras import EXPORT, require_all
+
+        require_all(EXPORT, "deltadistill export")  # before any work: a missing extra leaves nothing behind
         t, name, m = _load_for_run(model, teacher)
         if m is None:
             raise ValueError(f"{model} is already an export")
@@ -319,6 +326,10 @@ def run(
         if backend == "onnxruntime":
             if model is None:
                 raise ValueError("--backend onnxruntime runs an exported delta model: give --model")
+            from deltadistill.extras import EXPORT, ONNXRUNTIME, require_all
+
+            needs = ONNXRUNTIME if m is None else (*EXPORT, *ONNXRUNTIME)  # an export needs only onnxruntime
+            require_all(needs, "deltadistill run --backend onnxruntime")  # before MODEL/onnx or its lock is made
             onnx_dir = model if is_export(model) else cached_export(
                 m, model, input_size=tuple(t.input_size), keyframe_interval=keyframe_interval,
                 meta={**teacher_record(t), "teacher": name, "task": getattr(t, "task", None)})
