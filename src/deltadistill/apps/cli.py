@@ -177,13 +177,24 @@ def bench(
                                                       "frames before --start)"),
     threads: int = typer.Option(0, help="torch threads for both models (0: torch's default)"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile both models (timed after compiling)"),
-    backend: str = typer.Option("torch", help="torch, or onnxruntime: export both models and time the graphs"),
+    backend: str = typer.Option("torch", help="torch; onnxruntime: export both models and time the graphs; "
+                                "openvino (with --runtime crop): the teacher and its crops on OpenVINO"),
     scene_cut: float = typer.Option(0.15, min=0.0, help="also a keyframe where the input jumps by more than this "
                                     "(mean |change| / mean |frame|; cuts measure 0.2-0.35), for the rival too; "
                                     "0: off"),
+    runtime: str = typer.Option("dense", help="dense: the delta model, every op on whole maps; crop: the teacher "
+                                "itself rerun only on boxes around what moved (needs no delta model)"),
+    crop_threshold: float = typer.Option(0.05, min=0.0, help="--runtime crop: a tile is recomputed once a pixel "
+                                         "moved this far (share of the input's range; 0.05 is 13 grey levels)"),
+    margin: int = typer.Option(0, min=0, help="--runtime crop: context around each box, input pixels "
+                               "(0: the teacher's total stride, 32)"),
+    reach: int = typer.Option(0, min=0, help="--runtime crop: also recompute the outputs this far around what moved"),
+    fastest: bool = typer.Option(True, help="time the teacher on torch, onnxruntime and OpenVINO, at full and "
+                                 "content size, for speedup_vs_fastest_dense and the rival at equal time"),
 ) -> None:
     """Teacher vs delta model on the same frames, in one process: MACs, ms, speedup, accuracy, consistency."""
     from deltadistill.apps.bench import calibrated_model, evaluate_on_video, load_delta_model, sparse_model
+    from deltadistill.apps.fastest import ENGINES
     from deltadistill.apps.report import table, write_json
 
     try:
@@ -197,9 +208,16 @@ def bench(
 
             require_all((*EXPORT, *ONNXRUNTIME), "deltadistill bench --backend onnxruntime")
         sweep_budgets = _floats(budgets, "--budgets")
-        if sum(x is not None for x in (model, budget, sparse)) != 1:
+        if runtime not in ("dense", "crop"):
+            raise ValueError(f"--runtime must be one of dense, crop, not {runtime!r}")
+        crop = runtime == "crop"
+        if crop and sweep:
+            raise ValueError("--sweep sweeps delta models; with --runtime crop, run bench once per --crop-threshold")
+        if crop and any(x is not None for x in (model, budget, sparse)):
+            raise ValueError("--runtime crop reruns the teacher itself: give no --model, --budget or --sparse")
+        if not crop and sum(x is not None for x in (model, budget, sparse)) != 1:
             raise ValueError("give one of --model (a trained delta model), --budget (calibrate one now) or "
-                             "--sparse (sparse students at one threshold)")
+                             "--sparse (sparse students at one threshold), or --runtime crop")
         if threads:
             import torch
 
@@ -212,9 +230,11 @@ def bench(
             raise ValueError("give --teacher (or a --model, which records its teacher)")
         t = _teacher(teacher, input_size, value_range, task, video=video, model_dir=model)
         calib = None
-        if model is None or sweep_budgets:
+        if (model is None and not crop) or sweep_budgets:
             calib = _calibration_clips(t, video, start, calib_videos, keyframe_interval)
-        if model is not None:
+        if crop:
+            m, label = None, f"crop, threshold {crop_threshold:g}"
+        elif model is not None:
             m, label = load_delta_model(t, model), "model"
         elif sparse is not None:
             m = sparse_model(t, calib, sparse, stem=sparse_stem)
@@ -225,7 +245,9 @@ def bench(
         report, _ = evaluate_on_video(t, m, video, keyframe_interval=keyframe_interval, start=start, stop=stop,
                                       out_video=render, name=getattr(t, "name", teacher), compile=compile,
                                       backend=backend,
-                                      scene_cut=scene_cut or None)
+                                      scene_cut=scene_cut or None, runtime=runtime,
+                                      crop={"threshold": crop_threshold, "margin": margin or None, "reach": reach},
+                                      engines=ENGINES if fastest else None)
         if sweep:
             from deltadistill.apps.bench import sweep as run_sweep
 
@@ -301,7 +323,12 @@ def run(
     task: Optional[str] = typer.Option(None, help=TASK_HELP),
     out: Optional[Path] = typer.Option(None, help="annotated mp4"),
     jsonl: Optional[Path] = typer.Option(None, help="one JSON line per frame"),
-    backend: str = typer.Option("torch", help="torch or onnxruntime (exports a checkpoint once, into MODEL/onnx)"),
+    backend: str = typer.Option("torch", help="torch, onnxruntime or openvino (the last two export a checkpoint "
+                                "once, into MODEL/onnx; openvino also runs the plain teacher)"),
+    runtime: str = typer.Option("dense", help="dense, or crop: no delta model, the teacher rerun only on boxes "
+                                "around what moved (torch or openvino)"),
+    crop_threshold: float = typer.Option(0.05, min=0.0, help="--runtime crop: how far a pixel must move for its "
+                                         "tile to be recomputed (share of the input's range)"),
     keyframe_interval: int = typer.Option(4, min=1),
     scene_cut: float = typer.Option(0.15, min=0.0, help="also a keyframe where the input jumps by more than "
                                     "this (mean |change| / mean |frame|; cuts measure 0.2-0.35); 0: off"),
@@ -323,7 +350,20 @@ def run(
         first = Path(videos[0]) if videos and Path(videos[0]).is_file() else None
         t, name, m = _load_for_run(model, teacher, input_size, value_range, task, video=first)
         onnx_dir = None
-        if backend == "onnxruntime":
+        if runtime not in ("dense", "crop"):
+            raise ValueError(f"--runtime must be dense or crop, not {runtime!r}")
+        if runtime == "crop":
+            if model is not None or backend == "onnxruntime":
+                raise ValueError("--runtime crop reruns the teacher itself on torch or openvino: give --teacher, "
+                                 "not --model, and not --backend onnxruntime")
+        elif backend == "openvino" and model is not None:
+            from deltadistill.extras import EXPORT, require_all
+
+            require_all((*EXPORT, "openvino") if m is not None else ("openvino",), "deltadistill run --backend openvino")
+            onnx_dir = model if is_export(model) else cached_export(
+                m, model, input_size=tuple(t.input_size), keyframe_interval=keyframe_interval,
+                meta={**teacher_record(t), "teacher": name, "task": getattr(t, "task", None)})
+        elif backend == "onnxruntime":
             if model is None:
                 raise ValueError("--backend onnxruntime runs an exported delta model: give --model")
             from deltadistill.extras import EXPORT, ONNXRUNTIME, require_all
@@ -339,7 +379,8 @@ def run(
         def one(v: str, mp4: Optional[Path], lines: Optional[Path]):
             return run_video(t, v, model=m, onnx_dir=onnx_dir, keyframe_interval=keyframe_interval, out=mp4,
                              jsonl=lines, threads=threads or None, scene_cut=scene_cut or None,
-                             progress=len(videos) == 1)
+                             progress=len(videos) == 1, backend=backend, runtime=runtime,
+                             crop={"threshold": crop_threshold})
 
         if len(videos) == 1 and out_dir is None and not render:
             summary = one(videos[0], out, jsonl)
