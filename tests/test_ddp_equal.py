@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -69,6 +70,16 @@ torch.optim.AdamW = BroadcastAdamW
 model = fresh()
 dump("broadcast", model, dd.distill(model, clips(), **KW))
 """
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread, as the ranks have (OMP_NUM_THREADS=1): two spinning OpenMP threads on a
+    busy 2-core machine cost 100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _fresh() -> TinySegNet:
