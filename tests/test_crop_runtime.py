@@ -177,7 +177,8 @@ def test_held_gates_are_the_keyframes(tmp_path):
     """The squeeze-excite pool is found and held: a delta frame equals the teacher run on the whole
     frame with the gate at its keyframe value."""
     teacher = _net(tmp_path, gate=True)
-    stream = CropStream(teacher, keyframe=100, threshold=0.0, tile=8, reach=16, margin=16, align=8, bucket=8)
+    stream = CropStream(teacher, keyframe=100, threshold=0.0, tile=8, reach=16, margin=16, align=8, bucket=8,
+                        rekey=2.0)  # never a keyframe in place of a crop, however large
     assert len(stream.gate_slots) == 1
     frames = _clip(10)
     graph = teacher.graph
@@ -235,3 +236,19 @@ def test_fastest_dense_counts_the_teacher_without_its_letterbox_bars(tmp_path):
     assert sizes == [(H, W), (56, W)]
     assert fd["ms"] == min(c["ms"] for c in fd["candidates"])
     assert fd["precision"] == "f32" and fd["backend"] == "torch"
+
+
+def test_a_crop_as_dear_as_a_keyframe_is_a_keyframe(tmp_path):
+    """When what moved covers most of the frame, a keyframe runs instead: it costs the same, and it is
+    exact, gates included. Breakage tried: ``rekey`` ignored (the held gate then shows in the output)."""
+    teacher = _net(tmp_path, gate=True)
+    stream = CropStream(teacher, keyframe=100, threshold=0.0, tile=8, reach=16, margin=16, align=8, bucket=8)
+    frames = _clip(3)
+    everywhere = frames[2] + 0.2 * torch.rand(frames[2].shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        stream(frames[0])
+        stream(frames[1])
+        assert not stream.last_key and stream.last_cost < 0.9
+        got = stream(everywhere)
+        assert stream.last_key and stream.last_cost == 1.0
+        assert torch.allclose(got, teacher(everywhere), atol=1e-5)

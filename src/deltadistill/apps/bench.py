@@ -139,8 +139,8 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
         writer.__exit__(None, None, None)
     if cmp.delta_frame_macs:  # data-dependent students: count what the delta frames really cost
         macs = replace(macs, delta=round(float(np.mean(cmp.delta_frame_macs))))
-    if policy is not None:  # keyframes at cuts as well: amortise over the keyframes as run
-        macs = replace(macs, keyframe_interval=cmp.keyframe_interval)
+    if policy is not None or cmp.keyframe_interval != keyframe_interval:  # keyframes at cuts or re-keys as
+        macs = replace(macs, keyframe_interval=cmp.keyframe_interval)  # well: amortise over them as run
     accuracy = task.accuracy(cmp.delta_preds, cmp.teacher_preds)
     # The trivial rival: repeat the teacher's keyframe prediction on every delta frame, at no cost.
     # A delta model is only worth its MACs where it beats this, at the same K and at the same MACs.
@@ -200,7 +200,7 @@ def _crop_settings(stream: CropStream) -> dict[str, Any]:
     """What a crop run was run with, for the report."""
     return {"threshold": stream.threshold_share, "tile": stream.tile,
             "margin": stream.margin, "reach": stream.reach, "bucket": list(stream.bucket), "min_tiles": stream.min_tiles,
-            "max_crops": stream.max_crops, "gates_held": len(stream.gate_slots)}
+            "max_crops": stream.max_crops, "rekey": stream.rekey, "gates_held": len(stream.gate_slots)}
 
 
 def _onnx_runners(teacher: nn.Module, model: nn.Module, tmp: Path, size: tuple[int, ...], k: int,

@@ -193,8 +193,9 @@ def compare(
             on_frame(i, frame, t_pred, d_pred, key)
     if result.frames <= warmup:
         raise ValueError(f"need more than {warmup} frames to time after warm-up, got {result.frames}")
-    if policy is not None and not isinstance(policy, EveryK):
-        result.keyframe_interval = result.frames / sum(result.is_key)
+    expected = sum(1 for i in range(result.frames) if i % keyframe_interval == 0)
+    if (policy is not None and not isinstance(policy, EveryK)) or sum(result.is_key) != expected:
+        result.keyframe_interval = result.frames / sum(result.is_key)  # keyframes as run (cuts, re-keys)
     return result
 
 

@@ -169,7 +169,8 @@ class CropStream:
     at their keyframe values (a model without a graph plan must say False, and must have none).
 
     ``min_tiles``: groups of fewer moved tiles are left for later; ``max_crops``: at most this many
-    crops a frame (`regions.plan_crops`).
+    crops a frame (`regions.plan_crops`). ``rekey``: a delta frame whose crops would cover this share of
+    the frame runs a keyframe instead, which costs about the same and is exact.
 
     Returns what the teacher returns. Per frame it records ``last_key``, ``last_crops`` (empty when
     nothing moved) and ``last_cost`` (the share of the frame computed: 1 on keyframes).
@@ -177,7 +178,7 @@ class CropStream:
 
     def __init__(self, teacher: nn.Module, keyframe: KeyframePolicy | int = 8, *, threshold: float = 0.05,
                  tile: int = 16, margin: int | None = None, reach: int = 0, bucket: int | tuple[int, int] | None = None,
-                 align: int = 32, min_tiles: int = 1, max_crops: int = 4, backend: str = "torch",
+                 align: int = 32, min_tiles: int = 1, max_crops: int = 4, rekey: float = 0.9, backend: str = "torch",
                  hold_gates: bool = True, threads: int | None = None, cache_dir: str | Path | None = None) -> None:
         size = getattr(teacher, "input_size", None)
         if size is None:
@@ -212,7 +213,7 @@ class CropStream:
             check_geometry(self.size, self.margin, align, self.bucket)
         except ValueError as e:
             raise CropError(str(e)) from None
-        self.min_tiles, self.max_crops, self.reach = min_tiles, max_crops, int(reach)
+        self.min_tiles, self.max_crops, self.reach, self.rekey = min_tiles, max_crops, int(reach), float(rekey)
         self.reset()
 
     @property
@@ -255,7 +256,8 @@ class CropStream:
         self._outputs, self._gates, self._scales = tuple(outs), tuple(gates), scales
         self._ref = x.detach().clone()
 
-    def _delta(self, x: Tensor) -> None:
+    def _delta(self, x: Tensor) -> bool:
+        """Recompute what moved; True when that was most of the frame and a keyframe ran instead."""
         assert self._ref is not None
         t0 = time.perf_counter()
         active = active_tiles(x, self._ref, self.tile, self.threshold)
@@ -268,7 +270,12 @@ class CropStream:
         run = 0.0
         if not plans:
             self.last_ms = {"detect": (t1 - t0) * 1e3, "run": 0.0, "paste": 0.0}
-            return
+            return False
+        if self.last_cost >= self.rekey:  # as dear as a keyframe: run one, exact and with fresh gates
+            self._keyframe(x)
+            self.last_ms = {"detect": (t1 - t0) * 1e3, "run": (time.perf_counter() - t1) * 1e3, "paste": 0.0}
+            self.last_cost = 1.0
+            return True
         # copies and pastes in numpy, on one thread (see `regions.active_tiles`); new arrays, so that
         # outputs handed out before stay as they were
         pasted = [kept.detach().numpy().copy(order="K") for kept in self._outputs]
@@ -288,6 +295,7 @@ class CropStream:
         self._outputs = tuple(torch.from_numpy(p) for p in pasted)
         self.last_ms = {"detect": (t1 - t0) * 1e3, "run": run * 1e3,
                         "paste": (time.perf_counter() - t1 - run) * 1e3}
+        return False
 
     def __call__(self, frame: Tensor) -> Any:
         if frame.dim() != 4 or frame.shape[0] != 1 or tuple(frame.shape[-2:]) != self.size:
@@ -299,7 +307,7 @@ class CropStream:
             self._keyframe(frame)
             self.last_crops, self.last_cost, self.last_active, self.last_ms = [], 1.0, 1.0, {}
         else:
-            self._delta(frame)
+            key = self._delta(frame)
         self.last_key = key
         self.step += 1
         return self._outputs if len(self._outputs) > 1 else self._outputs[0]

@@ -62,7 +62,15 @@ def active_tiles(x: Tensor, ref: Tensor, tile: int, threshold: float) -> Tensor:
     ``x`` and ``ref`` are ``(1, C, H, W)``; edge tiles may be partial. In numpy, on one thread: torch's
     thread pool, woken for a few small ops between two OpenVINO calls, fights OpenVINO's for the cores.
     """
-    d = np.abs(x.detach().numpy()[0] - ref.detach().numpy()[0]).max(axis=0)
+    if x.is_contiguous(memory_format=torch.channels_last) and ref.is_contiguous(memory_format=torch.channels_last):
+        a, b, axis = x.detach().permute(0, 2, 3, 1).numpy()[0], ref.detach().permute(0, 2, 3, 1).numpy()[0], 2
+    else:  # reduce over the axis that memory holds outermost: a strided walk costs 10x here
+        a, b, axis = x.detach().contiguous().numpy()[0], ref.detach().contiguous().numpy()[0], 0
+    diff = np.abs(a - b)
+    planes = [diff[..., c] for c in range(diff.shape[2])] if axis == 2 else list(diff)
+    d = planes[0].copy()
+    for p in planes[1:]:  # one vectorised maximum per channel: numpy's max over a 3-long axis is 15x slower
+        np.maximum(d, p, out=d)
     h, w = d.shape
     rows, cols = -(-h // tile), -(-w // tile)
     if (rows * tile, cols * tile) != (h, w):
