@@ -106,11 +106,18 @@ def main() -> None:
     ap.add_argument("--scene-cut", type=float, default=0.15)
     ap.add_argument("--json", default="benchmarks/crop.json")
     ap.add_argument("--section", default="crop-runtime")
+    ap.add_argument("--append", action="store_true", help="add to the rows already in --json (one process per "
+                    "setting: OpenVINO's thread pools from earlier settings slow later ones in one process)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     grid = json.loads(args.grid) if args.grid else GRID
     videos = default_videos()
-    rows, curves = [], {}
+    rows: list[dict] = []
+    curves: dict = {}
+    if args.append and Path(args.json).is_file():
+        saved = json.loads(Path(args.json).read_text())
+        rows = saved["rows"]
+        curves = {tuple(k.split("|")): [tuple(p) for p in v] for k, v in saved["curves"].items()}
     for name in args.teachers.split(","):
         teacher = dd.teachers.load(name)
         task = task_for(teacher)
@@ -140,7 +147,8 @@ def main() -> None:
                       flush=True)
                 if (name, vid) not in curves:  # the rival runs the fastest dense teacher every K frames: K times faster
                     curves[(name, vid)] = rival_curve(cmp, task, args.scene_cut)
-    Path(args.json).write_text(json.dumps(rows, indent=1))
+    Path(args.json).write_text(json.dumps({"rows": rows, "curves": {"|".join(k): v for k, v in curves.items()}},
+                                          indent=1))
     _plot(rows, curves, Path(args.json).with_suffix(".png"))
     write_section(args.section, "Crop-dense delta frames against the fastest dense teacher (issue 19)", _body(rows, args))
 

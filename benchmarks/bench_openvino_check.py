@@ -26,7 +26,7 @@ except ImportError:
 def benchmark_app(file: Path, seconds: int) -> float:
     """OpenVINO's own tool: median latency in ms."""
     exe = Path(sys.executable).with_name("benchmark_app")
-    out = subprocess.run([str(exe), "-m", str(file), "-d", "CPU", "-hint", "latency", "-nstreams", "1",
+    out = subprocess.run([str(exe), "-m", str(file), "-d", "CPU", "-hint", "none", "-api", "sync", "-nstreams", "1",
                           "-nthreads", "2", "-infer_precision", "f32", "-t", str(seconds)],
                          capture_output=True, text=True, check=True).stdout
     return float(re.search(r"Median:\s+([\d.]+) ms", out).group(1))  # type: ignore[union-attr]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import deltadistill` sets it, before torch loads
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from deltadistill.models import TinySegNet
 

@@ -9,17 +9,26 @@
     dd.export_onnx(model, "out/", input_size=(512, 512)) # keyframe.onnx + delta.onnx, state outside
 """
 
-from .checkpoint import CheckpointError, load, save
-from .config import DeltaConfig
-from .convert import ConversionReport, UnsupportedLayerError, convert
-from .deploy import deploy
-from .layer import DeltaConv2d, DeployedDeltaConv2d
-from .macs import MacReport, count_macs
-from .modes import mode, set_mode
-from .stream import DeltaStream, EveryK, KeyframePolicy
-from .students import STUDENTS, Student, register_student
-from .summary import summary
-from .train import CalibrationResult, DistillResult, TuneResult, calibrate, distill, sparsify, tune_sparse
+import os as _os
+
+# Before torch loads its OpenMP runtime: worker threads that sleep when idle instead of spinning for
+# 200 ms after every op. Spinning threads starve whatever else wants the cores: OpenVINO's threads in
+# the same process (its teacher, called between torch ops, took 11.3 ms instead of 2.45) and any other
+# busy process (torch's own selfie teacher took 896 ms instead of 16 beside one). BENCHMARKS.md note 31.
+# Set OMP_WAIT_POLICY yourself, or import torch first, to keep torch's default.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .checkpoint import CheckpointError, load, save  # noqa: E402
+from .config import DeltaConfig  # noqa: E402
+from .convert import ConversionReport, UnsupportedLayerError, convert  # noqa: E402
+from .deploy import deploy  # noqa: E402
+from .layer import DeltaConv2d, DeployedDeltaConv2d  # noqa: E402
+from .macs import MacReport, count_macs  # noqa: E402
+from .modes import mode, set_mode  # noqa: E402
+from .stream import DeltaStream, EveryK, KeyframePolicy  # noqa: E402
+from .students import STUDENTS, Student, register_student  # noqa: E402
+from .summary import summary  # noqa: E402
+from .train import CalibrationResult, DistillResult, TuneResult, calibrate, distill, sparsify, tune_sparse  # noqa: E402
 
 __all__ = [
     "STUDENTS", "CalibrationResult", "CheckpointError", "ConversionReport", "DeltaConfig", "DeltaConv2d", "DeltaStream",
