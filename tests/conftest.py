@@ -17,7 +17,7 @@ import torch  # noqa: E402
 # passes. Spawn children with fork + exec, not vfork, which shares the parent's memory until exec.
 subprocess._USE_VFORK = False  # type: ignore[attr-defined]
 
-from deltadistill.models import TinySegNet
+from deltadistill.models import TinySegNet  # noqa: E402
 
 
 def make_video(frames: int = 6, batch: int = 1, size: int = 48, seed: int = 0) -> list[torch.Tensor]:
