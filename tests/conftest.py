@@ -6,16 +6,8 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import deltadistill` sets it, before torch loads
 
-import subprocess  # noqa: E402
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-# Two full runs of the suite died with SIGSEGV (exit 139, no Python traceback) while the pytest
-# process was only starting a subprocess (test_run_reads_a_pipe_as_frames_arrive), after ~150 tests
-# had left onnxruntime, PyAV and torch state in it; the test alone, or with a few files before it,
-# passes. Spawn children with fork + exec, not vfork, which shares the parent's memory until exec.
-subprocess._USE_VFORK = False  # type: ignore[attr-defined]
 
 from deltadistill.models import TinySegNet  # noqa: E402
 
