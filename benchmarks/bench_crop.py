@@ -67,7 +67,7 @@ class _PlanOnly:
 def predict(teacher, video, cfg: dict, k: int, frames: int, scene_cut: float, fastest_ms: float) -> dict:
     """The go/no-go estimate, from the plan alone: each delta frame costs the OpenVINO time of the
     crop shapes it would run (each shape timed once, alone), a keyframe the OpenVINO teacher's."""
-    from deltadistill.apps.fastest import _median_ms, dense_runner
+    from deltadistill.apps.fastest import dense_runner, median_ms
     from deltadistill.runtime.crop import CropStream
     from deltadistill.stream import SceneCut
     from deltadistill.video import iter_frames
@@ -88,8 +88,8 @@ def predict(teacher, video, cfg: dict, k: int, frames: int, scene_cut: float, fa
     need = {s for frame in engine.sizes for s in frame}
     scale = float(getattr(teacher, "input_range", 1.0))
     gates = ov.engine.key(torch.rand(1, 3, *size) * scale)[1]
-    cost = {s: _median_ms(lambda x: ov.engine.crop(x, gates), torch.rand(1, 3, *s) * scale, 10)[0] for s in need}
-    key_ms = _median_ms(dense_runner(teacher, "openvino", size), torch.rand(1, 3, *size) * scale, 10)[0]
+    cost = {s: median_ms(lambda x: ov.engine.crop(x, gates), torch.rand(1, 3, *s) * scale, 10)[0] for s in need}
+    key_ms = median_ms(dense_runner(teacher, "openvino", size), torch.rand(1, 3, *size) * scale, 10)[0]
     delta = [sum(cost[s] for s in frame) for frame, key in zip(engine.sizes, keys, strict=True) if not key]
     amortised = (sum(keys) * key_ms + sum(delta)) / len(keys)
     return {"predicted_ms": amortised, "predicted_vs_fastest": fastest_ms / amortised}

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 import deltadistill as dd
-from deltadistill.apps.fastest import _median_ms, dense_runner
+from deltadistill.apps.fastest import dense_runner, median_ms
 from deltadistill.runtime.cache import cache_dir, fingerprint
 
 try:
@@ -43,7 +43,7 @@ def main() -> None:
         teacher = dd.teachers.load(name)
         size = tuple(teacher.input_size)
         run = dense_runner(teacher, "openvino", size)
-        ours = _median_ms(run, torch.rand(1, 3, *size) * teacher.input_range, 100, warmup=10)[0]
+        ours = median_ms(run, torch.rand(1, 3, *size) * teacher.input_range, 100, warmup=10)[0]
         theirs = benchmark_app(cache_dir() / f"teacher-{fingerprint(teacher)}_{size[0]}x{size[1]}.onnx", args.seconds)
         rows.append(f"| {name} | {size[0]}x{size[1]} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} |")
         print(rows[-1], flush=True)

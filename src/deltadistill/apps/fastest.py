@@ -36,7 +36,7 @@ def _resized(teacher: nn.Module, size: tuple[int, int]) -> nn.Module:
     return t
 
 
-def _median_ms(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, runs: int, warmup: int = 3) -> tuple[float, float]:
+def median_ms(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, runs: int, warmup: int = 3) -> tuple[float, float]:
     for _ in range(warmup):
         fn(x)
     times = []
@@ -93,7 +93,7 @@ def fastest_dense(teacher: nn.Module, frame_hw: tuple[int, int] | None = None, *
                 candidates.append(entry)
                 continue
             x = torch.rand(1, 3, *s) * float(getattr(teacher, "input_range", 1.0))
-            entry["ms"], entry["iqr_ms"] = _median_ms(run, x, runs)
+            entry["ms"], entry["iqr_ms"] = median_ms(run, x, runs)
             candidates.append(entry)
     timed = [c for c in candidates if "ms" in c]
     best = min(timed, key=lambda c: c["ms"])

@@ -4,7 +4,7 @@ The simplest runtime whose delta frames cost time in proportion to what changed,
 dense kernels of the fastest engine. A keyframe runs the whole teacher, keeps its outputs, its
 input as the reference, and the values of its global gates (squeeze-excite pools). A delta frame
 finds the tiles whose pixels moved past a threshold since the reference (`regions.active_tiles`),
-runs the teacher once on the box around them plus a margin (`regions.plan_crop`) with the gates
+runs the teacher on the few boxes around them plus a margin (`regions.plan_crops`) with the gates
 held at their keyframe values, pastes the box's inside into the kept outputs, and moves the
 reference there. A frame where nothing moved costs the change test alone.
 

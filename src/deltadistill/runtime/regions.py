@@ -79,7 +79,7 @@ def active_tiles(x: Tensor, ref: Tensor, tile: int, threshold: float) -> Tensor:
 
 
 def _span(lo: int, hi: int, margin: int, align: int, bucket: int, limit: int) -> tuple[int, int, int, int]:
-    """One axis of `plan_crop`: (crop start, crop end, inside start, inside end)."""
+    """One axis of `crop_around`: (crop start, crop end, inside start, inside end)."""
     a = max(0, (lo - margin) // align * align)
     b = min(limit, -(-(hi + margin) // align) * align)
     length = min(limit, -(-(b - a) // bucket) * bucket)
@@ -106,19 +106,6 @@ def crop_around(box: Box, size: tuple[int, int], margin: int, align: int, bucket
     cy0, cy1, iy0, iy1 = _span(box.y0, box.y1, margin, align, bucket[0], size[0])
     cx0, cx1, ix0, ix1 = _span(box.x0, box.x1, margin, align, bucket[1], size[1])
     return Crop(Box(cy0, cx0, cy1, cx1), Box(iy0, ix0, iy1, ix1))
-
-
-def plan_crop(active: Tensor, tile: int, size: tuple[int, int], *, margin: int, align: int,
-              bucket: tuple[int, int], reach: int = 0) -> Crop | None:
-    """One crop around every active tile, or None when no tile is active."""
-    check_geometry(size, margin, align, bucket)
-    rows = torch.nonzero(active.any(dim=1)).flatten()
-    if rows.numel() == 0:
-        return None
-    cols = torch.nonzero(active.any(dim=0)).flatten()
-    box = Box(int(rows[0]) * tile, int(cols[0]) * tile,
-              min(size[0], (int(rows[-1]) + 1) * tile), min(size[1], (int(cols[-1]) + 1) * tile))
-    return crop_around(box, size, margin, align, bucket, reach)
 
 
 def _union(a: Box, b: Box) -> Box:
