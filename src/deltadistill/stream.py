@@ -121,6 +121,8 @@ class DeltaStream:
         self.model = model
         self.runner = torch.compile(model) if compile else model
         self.policy: KeyframePolicy = EveryK(keyframe) if isinstance(keyframe, int) else keyframe
+        if hasattr(self.policy, "bind"):  # a policy that steers the model too (`rate.RateControl`)
+            self.policy.bind(model)
         self.layers = [layer for _, layer in delta_layers(model)]
         # modules that can use per-stream state themselves (e.g. a graph skipping unchanged subgraphs)
         self.aware = [m for m in model.modules() if getattr(m, "supports_stream_state", False)]
@@ -182,6 +184,9 @@ class DeltaStream:
                 state["mode"], state["cache"], state["key"] = "stream", cache, key
             for state, cache in zip(self.aware_states, aware_caches, strict=True):
                 state["stream_state"] = {"key": key, "cache": cache}
+            steer = getattr(self.policy, "apply", None)  # a policy that picks each frame's work (rate control)
+            if steer is not None:
+                steer()
             try:
                 return self.runner(frame)
             finally:
@@ -189,3 +194,5 @@ class DeltaStream:
                     state["cache"] = None
                 for state in self.aware_states:
                     state["stream_state"] = None
+                if steer is not None:
+                    self.policy.release()

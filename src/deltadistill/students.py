@@ -387,12 +387,26 @@ class SparseStudent(Student):
     def spec(self) -> dict[str, Any]:
         return {"weighted": True} if self.weighted else {}
 
+    #: set per frame by a rate controller (`rate.RateControl`), never saved: a multiplier on the
+    #: calibrated threshold, or the share of pixels (elements) to keep, the largest scores first
+    threshold_scale: float = 1.0
+    keep: float | None = None
+
     def score(self, delta: Tensor) -> Tensor:
         """Per pixel, what the threshold is compared with (see `pixel_scores`)."""
         return pixel_scores(delta, self.weights if self.weighted else None)
 
+    def select(self, score: Tensor) -> Tensor:
+        """Which scores to compute: above the (scaled) threshold, or the ``keep`` share with the largest."""
+        if self.keep is None:
+            return score > self.threshold * self.threshold_scale
+        flat = score.flatten(1)
+        k = max(1, min(flat.shape[1], round(self.keep * flat.shape[1])))
+        kth = flat.topk(k, dim=1, sorted=False).values.amin(1)
+        return (score >= kth.view(-1, *[1] * (score.dim() - 1))) & (score > 0)
+
     def forward(self, delta: Tensor) -> Tensor:
-        mask = self.score(delta) > self.threshold
+        mask = self.select(self.score(delta))
         if not _tracing():  # a traced graph (ONNX export, torch.compile) has no Python side to record into
             share = computed_share(mask, self.geo)
             self.__dict__["last_macs"] = round(float(share.mean()) * self.geo.macs((delta.shape[-2], delta.shape[-1])))
@@ -455,7 +469,7 @@ class ElementSparseStudent(SparseStudent):
     name = "sparse_element"
 
     def forward(self, delta: Tensor) -> Tensor:
-        mask = delta.abs() > self.threshold
+        mask = self.select(delta.abs())
         if not _tracing():
             self.__dict__["last_macs"] = round(float(element_macs(mask, self.geo).mean()))
         sent = delta * mask.to(delta.dtype)

@@ -24,6 +24,7 @@ from ..convert import convert
 from ..deploy import deploy
 from ..layer import DeltaConv2d
 from ..macs import MacReport, count_macs, has_measured_macs, measured_delta_macs
+from ..rate import rate_policy
 from ..rival import rival_equal_macs, rival_equal_time
 from ..runtime.crop import CropStream
 from ..stream import SceneCut, keyframe_flags
@@ -55,7 +56,8 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
                       threads: int | None = None, progress: bool = True, name: str | None = None,
                       compile: bool = False, backend: str = "torch",
                       scene_cut: float | None = None, runtime: str = "dense", crop: dict | None = None,
-                      engines: Sequence[str] | None = ENGINES) -> tuple[dict, Comparison]:
+                      engines: Sequence[str] | None = ENGINES, target: float | str | None = None,
+                      rate: dict | None = None) -> tuple[dict, Comparison]:
     """Run both models over ``video[start:stop]``; return (report dict, per-frame comparison).
 
     ``backend="onnxruntime"`` or ``"openvino"``: export both and time the exported graphs on that engine.
@@ -64,7 +66,10 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
     (`runtime.crop.CropStream`, options in ``crop``) on ``backend`` (torch or openvino), beside the
     plain teacher on the same backend. ``engines``: where to look for the fastest dense teacher
     (`fastest.fastest_dense`), which the report's ``speedup_vs_fastest_dense`` and
-    ``rival_equal_time`` are measured against; None skips it.
+    ``rival_equal_time`` are measured against; None skips it. ``target``: hold this cost ratio
+    (`rate.RateControl`, options in ``rate``; ``keyframe_interval`` is then the longest interval);
+    the rival at equal MACs gets the same budget and the same scene-cut keyframes, and the report's
+    ``rate`` gives the held cost beside the target.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -90,6 +95,10 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
         assert model is not None
         macs = count_macs(model, (3, *size), keyframe_interval)
         measured = has_measured_macs(model)
+    policy: Any = SceneCut(keyframe_interval, scene_cut) if scene_cut else None
+    if target is not None:  # checked before any output or timing
+        policy = rate_policy(model if runtime == "dense" else None, target, keyframe_interval, scene_cut, size,
+                             backend != "torch" or compile, rate)
     tc_teacher, tc_delta = task.consistency(), task.consistency()
     writer = VideoWriter(out_video, fps=info.fps).__enter__() if out_video else None
     running = {"g": 0.0}
@@ -111,7 +120,6 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
 
     if backend != "torch" and compile:
         raise ValueError(f"--compile is torch.compile: it has no meaning for the {backend} backend")
-    policy = SceneCut(keyframe_interval, scene_cut) if scene_cut else None
     tmp = tempfile.TemporaryDirectory(prefix="deltadistill-onnx-") if backend != "torch" and runtime == "dense" else None
     runners: tuple | None = None
     try:
@@ -153,6 +161,12 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
         cmp.teacher_preds, lambda preds: task.accuracy(preds, cmp.teacher_preds)["value"], macs.teacher,
         macs.amortised, accuracy["value"],
         keys_at=(lambda k: keyframe_flags(cmp.changes, k, scene_cut)) if policy is not None else None)
+    if target is not None:  # where the held cost cannot beat the rival, say so in words, with the gap
+        r = accuracy["rival_equal_macs"]
+        accuracy["rival_equal_macs"]["words"] = (
+            f"at {target}x the delta model beats the rival by {r['margin']:+.3f}" if r["beats"] else
+            f"at {target}x the delta model does not beat the rival: {r['margin']:+.3f} against the "
+            f"+{r['margin_needed']:.3f} needed")
     timing = {"teacher": cmp.tail_ms("teacher"), "delta": cmp.tail_ms("delta")}
     extra_time: dict[str, Any] = {}
     if fastest is not None:
@@ -183,7 +197,8 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
                            "frames_per_keyframe": cmp.keyframe_interval,
                            "bytes_per_frame": traffic.as_dict() if traffic else None,
                            "letterbox_share": letterbox_share((info.height, info.width), size),
-                           "macs_measured": bool(cmp.delta_frame_macs)})
+                           "macs_measured": bool(cmp.delta_frame_macs),
+                           "rate": cmp.policy.summary() if target is not None else None})
     return report, cmp
 
 

@@ -191,6 +191,11 @@ def bench(
     reach: int = typer.Option(0, min=0, help="--runtime crop: also recompute the outputs this far around what moved"),
     fastest: bool = typer.Option(True, help="time the teacher on torch, onnxruntime and OpenVINO, at full and "
                                  "content size, for speedup_vs_fastest_dense and the rival at equal time"),
+    target: Optional[str] = typer.Option(None, help="hold this cost ratio against the teacher (e.g. 3x; MACs, "
+                                         "keyframes counted); --keyframe-interval is then the longest interval, and "
+                                         "the rival gets the same budget"),
+    rate_mode: str = typer.Option("threshold", help="--target: threshold (scale every sparse threshold) or topk "
+                                  "(the same share of pixels in every sparse layer)"),
 ) -> None:
     """Teacher vs delta model on the same frames, in one process: MACs, ms, speedup, accuracy, consistency."""
     from deltadistill.apps.bench import calibrated_model, evaluate_on_video, load_delta_model, sparse_model
@@ -247,7 +252,8 @@ def bench(
                                       backend=backend,
                                       scene_cut=scene_cut or None, runtime=runtime,
                                       crop={"threshold": crop_threshold, "margin": margin or None, "reach": reach},
-                                      engines=ENGINES if fastest else None)
+                                      engines=ENGINES if fastest else None, target=target,
+                                      rate={"mode": rate_mode})
         if sweep:
             from deltadistill.apps.bench import sweep as run_sweep
 
@@ -333,6 +339,11 @@ def run(
     scene_cut: float = typer.Option(0.15, min=0.0, help="also a keyframe where the input jumps by more than "
                                     "this (mean |change| / mean |frame|; cuts measure 0.2-0.35); 0: off"),
     threads: int = typer.Option(0, help="threads (0: the backend's default)"),
+    target: Optional[str] = typer.Option(None, help="hold this cost ratio against the teacher, keyframes counted "
+                                         "(e.g. 3x): each delta frame's thresholds and the keyframes are chosen "
+                                         "to hold it over every 32 frames; --keyframe-interval is then the longest"),
+    rate_mode: str = typer.Option("threshold", help="--target: scale every sparse threshold (threshold) or keep "
+                                  "the same share of pixels in every sparse layer (topk)"),
 ) -> None:
     """Run a delta model (or its teacher) over videos: annotated mp4, JSON lines, frames/s, MACs/frame.
 
@@ -378,6 +389,7 @@ def run(
 
         def one(v: str, mp4: Optional[Path], lines: Optional[Path]):
             return run_video(t, v, model=m, onnx_dir=onnx_dir, keyframe_interval=keyframe_interval, out=mp4,
+                             target=target, rate={"mode": rate_mode},
                              jsonl=lines, threads=threads or None, scene_cut=scene_cut or None,
                              progress=len(videos) == 1, backend=backend, runtime=runtime,
                              crop={"threshold": crop_threshold})

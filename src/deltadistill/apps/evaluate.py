@@ -51,6 +51,8 @@ class Comparison:
     #: per delta frame of a runtime that reports them (`runtime.crop.CropStream`): the share of tiles
     #: that moved, the share of the frame computed, and where its time went
     stages: list[dict[str, float]] = field(default_factory=list)
+    #: the keyframe policy the delta model ran under (a `rate.RateControl` holds what it spent)
+    policy: Any = None
 
     @property
     def recovered(self) -> float | None:
@@ -191,6 +193,7 @@ def compare(
         result.delta_preds.append(d_pred)
         if on_frame is not None:
             on_frame(i, frame, t_pred, d_pred, key)
+    result.policy = getattr(timed_stream, "policy", None)
     if result.frames <= warmup:
         raise ValueError(f"need more than {warmup} frames to time after warm-up, got {result.frames}")
     expected = sum(1 for i in range(result.frames) if i % keyframe_interval == 0)

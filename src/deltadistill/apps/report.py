@@ -90,6 +90,10 @@ def table(report: dict[str, Any]) -> str:
         at = next(i for i, r in enumerate(rows) if r[0] == acc["metric"]) + 1
         rows.insert(at + 1 if rival else at, (f"rival at equal time (K={timed['interval']:.2f})", "", f"{timed['value']:.3f}",
                                               rival_words(acc["value"], timed)))
+    held = report.get("rate")
+    if held:
+        rows.insert(2, (f"cost target (over every {held['window']} frames)", "", f"{held['target']:g}x",
+                        f"held {held['achieved']:.2f}x, windows {held['window_min']:.2f}-{held['window_max']:.2f}x"))
     tail = report.get("latency_ms")
     if tail:
         rows.insert(3, ("p95 / worst ms of a frame", f"{tail['teacher']['p95']:.1f} / {tail['teacher']['max']:.1f}",

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ..files import atomic_write, check_output_file
 from ..macs import count_macs, has_measured_macs, measured_delta_macs
 from ..modes import delta_layers
+from ..rate import rate_policy
 from ..stream import DeltaStream, SceneCut
 from ..tasks import DETECTION_SCORE_THRESHOLD, task_for
 from ..video import VideoWriter, fit_frame, is_live, iter_frames, video_info
@@ -41,14 +42,19 @@ class RunSummary:
     backend: str
     out: str | None
     jsonl: str | None
+    #: with a cost target (`rate.RateControl`): what it held, beside the target
+    rate: dict | None = None
 
     def line(self) -> str:
         macs = ("MACs per frame not measured by onnxruntime" if self.macs_per_frame is None else
                 f"{self.macs_per_frame / 1e9:.2f} GMAC per frame ({'measured, ' if self.macs_measured else ''}"
                 f"teacher {self.teacher_macs_per_frame / 1e9:.2f}, "
                 f"{self.teacher_macs_per_frame / max(self.macs_per_frame, 1):.2f}x fewer)")
+        held = "" if self.rate is None else (
+            f"; target {self.rate['target']:g}x, held {self.rate['achieved']:.2f}x "
+            f"({self.rate['window_min']:.2f}-{self.rate['window_max']:.2f}x over every {self.rate['window']} frames)")
         return (f"{self.frames} frames ({self.keyframes} keyframes) in {self.seconds:.1f} s: {self.fps:.2f} frames/s "
-                f"on {self.backend}; {macs}")
+                f"on {self.backend}; {macs}{held}")
 
 
 def frame_record(task_kind: str, i: int, key: bool, pred: Any, box, class_names: list[str] | None,
@@ -83,7 +89,8 @@ def frame_record(task_kind: str, i: int, key: bool, pred: Any, box, class_names:
 
 
 def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None = None,
-              onnx_dir: str | Path | None = None, keyframe_interval: int = 4,
+              onnx_dir: str | Path | None = None, keyframe_interval: int = 4, target: float | str | None = None,
+              rate: dict | None = None,
               out: str | Path | None = None, jsonl: str | Path | None = None,
               progress: bool = True, threads: int | None = None,
               on_frame: Callable[[int, dict], None] | None = None, scene_cut: float | None = None,
@@ -106,6 +113,9 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
     info = None if live else video_info(video)
     backend = backend or ("onnxruntime" if onnx_dir is not None else "torch")
     policy: Any = SceneCut(keyframe_interval, scene_cut) if scene_cut else keyframe_interval
+    if target is not None:
+        policy = rate_policy(model, target, keyframe_interval, scene_cut, size, onnx_dir is not None or
+                             runtime != "dense" or backend != "torch", rate)
     plain: Callable[[torch.Tensor], Any] = teacher
     cropping = runtime == "crop"
     if cropping:
@@ -184,7 +194,8 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
     per_frame: float | None = None if onnx_dir is not None and not cropping and stream.manifest.get("macs", {}).get(
         "data_dependent", True) else total_macs / max(n, 1)
     return RunSummary(n, keys, seconds, n / max(seconds, 1e-9), per_frame, teacher_macs, measured or stream is None,
-                      backend, str(out) if out else None, str(jsonl) if jsonl else None)
+                      backend, str(out) if out else None, str(jsonl) if jsonl else None,
+                      policy.summary() if target is not None else None)
 
 
 def _teacher_macs(net: nn.Module, size: tuple[int, ...]) -> int:

@@ -1,0 +1,318 @@
+"""Rate control: hold a cost target that the user chooses, frame after frame, on any video.
+
+A fixed threshold gives a cost that depends on the video. `RateControl` is a keyframe policy for
+`DeltaStream` that also picks each delta frame's work, as a video encoder's rate control picks its
+quantiser: the user asks for ``target`` (say 3.0, a third of the teacher's cost per frame, keyframes
+included), and the controller
+
+* keeps the cost of every ``window`` frames near ``window / target`` teacher frames: after each
+  frame it plans the next delta frame's cost from what the last ``window - 1`` frames spent, and
+  spreads any overshoot (a scene cut's keyframe) over the following frames;
+* reaches that cost either by scaling every sparse layer's calibrated threshold (``"threshold"``:
+  feedback on a power law, cost ~ scale^-beta, fitted online) or by keeping the same share of
+  pixels in every sparse layer (``"topk"``: a constant cost whatever moves);
+* runs a keyframe at a scene cut, after ``max_interval`` frames, or when a delta frame at the
+  calibrated thresholds would cost about as much as a keyframe (``key_cost``); every keyframe is
+  counted in the held cost.
+
+Cost is multiply-accumulates measured frame by frame (`macs.measured_delta_macs`), as a share of
+the teacher's: the unit `count_macs` reports. One stream (batch 1) per controller.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from typing import Any
+
+from torch import Tensor, nn
+
+from .macs import MacReport, count_macs, measured_delta_macs
+from .modes import delta_layers
+from .stream import frame_change
+from .students import SparseStudent
+
+MODES = ("threshold", "topk")
+
+
+class TargetError(ValueError):
+    """A cost target that cannot be held (one line, for the CLI)."""
+
+
+def parse_target(text: str | float) -> float:
+    """``"3x"``, ``"3"`` or ``3.0`` -> 3.0: the cost ratio against the teacher to hold."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*[xX]?\s*", str(text))
+        if not m:
+            raise TargetError(f"cost target {text!r} is not a ratio like 3x or 2.5")
+        value = float(m.group(1))
+    if not math.isfinite(value) or value < 1.0:
+        raise TargetError(f"cost target {text!r} is below 1x: a delta model cannot cost more than its teacher")
+    return value
+
+
+def sparse_students(model: nn.Module) -> list[SparseStudent]:
+    """Every data-dependent sparse student the model runs on delta frames (what the controller steers)."""
+    out: list[SparseStudent] = []
+    for _, layer in delta_layers(model):
+        students = [layer.student] if hasattr(layer, "student") else list(getattr(layer, "students", {}).values())
+        out += [s for s in students if isinstance(s, SparseStudent)]
+    return out
+
+
+def cost_floor(report: MacReport) -> float:
+    """A delta frame's cost (share of the teacher) when no sparse layer computes anything."""
+    nominal = sum(r.delta for r in report.layers if r.student.startswith("sparse"))
+    return (report.delta - nominal) / report.teacher
+
+
+def max_target(report: MacReport, max_interval: int) -> float:
+    """The largest cost ratio a model can hold: a keyframe every ``max_interval`` frames and delta
+    frames at their floor."""
+    q = 1.0 / max_interval
+    return 1.0 / (q * report.keyframe / report.teacher + (1 - q) * cost_floor(report))
+
+
+class RateControl:
+    """A keyframe policy that holds ``target`` (teacher cost over the model's, keyframes counted).
+
+    ``DeltaStream(model, keyframe=RateControl(3.0))``: the stream binds the model. After a stream,
+    ``costs`` holds each frame's cost as a share of the teacher's, ``keys`` the keyframes, and
+    `achieved` and `window_ratios` what was held.
+    """
+
+    def __init__(self, target: float | str, *, mode: str = "threshold", window: int = 32, max_interval: int = 8,
+                 scene_cut: float | None = 0.15, key_cost: float | None = 0.9, max_scale: float = 64.0,
+                 gain: float = 0.125, max_step: float = 0.5,
+                 reserve: float = 0.0) -> None:
+        if mode not in MODES:
+            raise TargetError(f"unknown rate-control mode {mode!r}; expected one of {', '.join(MODES)}")
+        if window < 2 or max_interval < 1:
+            raise TargetError(f"window must be >= 2 and max_interval >= 1, got {window} and {max_interval}")
+        self.target = parse_target(target)
+        self.mode, self.window, self.max_interval = mode, window, max_interval
+        self.scene_cut, self.key_cost, self.max_scale, self.gain = scene_cut, key_cost, max_scale, gain
+        self.max_step, self.reserve = max_step, reserve
+        self.model: nn.Module | None = None
+        self.students: list[SparseStudent] = []
+        self.report: MacReport | None = None
+        self.reset()
+
+    # ------------------------------------------------------------------ binding
+    def bind(self, model: nn.Module) -> None:
+        """Called by `DeltaStream`: the model whose sparse layers this controller steers."""
+        if model is self.model:
+            return
+        self.model, self.students = model, sparse_students(model)
+        if not self.students:
+            raise TargetError("rate control steers sparse students, and this model has none "
+                              "(convert with DeltaConfig(student='sparse'))")
+        self.report = None
+
+    def check(self, model: nn.Module, input_shape: tuple[int, ...]) -> RateControl:
+        """Bind ``model`` and refuse, in one line, a target it cannot hold at ``input_shape``
+        (before any frame runs, so that nothing is written first)."""
+        self.bind(model)
+        self._count(tuple(input_shape))
+        return self
+
+    def _count(self, shape: tuple[int, ...]) -> None:
+        assert self.model is not None
+        self.report = count_macs(self.model, shape, self.max_interval)
+        top = max_target(self.report, self.max_interval)
+        if self.target > top:
+            raise TargetError(f"cost target {self.target:g}x is above this model's maximum of {top:.2f}x "
+                              f"(a keyframe every {self.max_interval} frames, delta frames at their floor)")
+
+    def __deepcopy__(self, memo: dict) -> RateControl:  # a policy is copied per stream; never its model
+        new = RateControl(self.target, mode=self.mode, window=self.window, max_interval=self.max_interval,
+                          scene_cut=self.scene_cut, key_cost=self.key_cost, max_scale=self.max_scale, gain=self.gain,
+                          max_step=self.max_step, reserve=self.reserve)
+        memo[id(self)] = new
+        return new
+
+    def reset(self) -> None:
+        self._costs: list[float] = []
+        self.keys: list[bool] = []
+        self.scales: list[float] = []
+        self.reasons: list[str] = []
+        self._recent: deque[float] = deque(maxlen=self.window - 1)
+        self._prev: Tensor | None = None
+        self._pending: bool | None = None  # the frame decided last: True key, False delta; None: observed
+        self._since = 0
+        self._scale = 1.0  # threshold mode: multiplier on the calibrated thresholds
+        self._keep = 1.0  # topk mode: share of pixels kept per layer
+        self._spread = 1.0  # topk mode: measured cost per unit of kept share (receptive fields grow it)
+        self._beta = 1.0  # threshold mode: cost ~ scale^-beta
+        self._last: tuple[float, float] | None = None  # (log scale, log cost) of the last delta frame
+        self._planned = 0.0
+        self._run: list[tuple[float, float]] = []  # (cost, log scale) of the delta frames since the keyframe
+        self._fresh = True  # no delta frame since the last keyframe: do not fit a slope across one
+
+    # ------------------------------------------------------------------ what was held
+    @property
+    def key_share(self) -> float:
+        return self.report.keyframe / self.report.teacher if self.report is not None else 1.0
+
+    def observe(self) -> None:
+        """Take the cost of the frame that just ran (done at the next frame; call it after the last)."""
+        if self._pending is None or self.model is None or self.report is None:
+            return
+        if self._pending:
+            cost = self.key_share
+        else:
+            cost = measured_delta_macs(self.model, self.report) / self.report.teacher
+            self._run.append((cost, math.log(self._scale)))
+            if self.mode == "threshold":
+                self._fit(math.log(self._scale), math.log(max(cost, 1e-9)))
+            else:
+                floor = cost_floor(self.report)
+                self._spread = max(1e-3, (cost - floor) / max(self._keep, 1e-6))
+        self._costs.append(cost)
+        self._recent.append(cost - self._planned)
+        self._pending = None
+
+    @property
+    def costs(self) -> list[float]:
+        """Each frame's cost so far, as a share of the teacher's (keyframes included)."""
+        self.observe()
+        return self._costs
+
+    @property
+    def achieved(self) -> float:
+        """Teacher cost over the model's, over every frame so far."""
+        self.observe()
+        return len(self.costs) / sum(self.costs) if self.costs else float("nan")
+
+    def window_ratios(self, window: int | None = None) -> list[float]:
+        """The ratio held over each run of ``window`` (default: the controller's) consecutive frames."""
+        self.observe()
+        w = window or self.window
+        c = self.costs
+        return [w / sum(c[i:i + w]) for i in range(len(c) - w + 1)]
+
+    # ------------------------------------------------------------------ the policy
+    def __call__(self, step: int, frame: Tensor) -> bool:
+        if frame.shape[0] != 1:
+            raise TargetError(f"rate control holds one stream's cost; got a batch of {frame.shape[0]}")
+        if self.model is None:
+            raise TargetError("RateControl must be the keyframe policy of a DeltaStream (which binds the model)")
+        if self.report is None:
+            self._count(tuple(frame.shape))
+        self.observe()
+        cut = (self.scene_cut is not None and self._prev is not None and self._prev.shape == frame.shape
+               and float(frame_change(self._prev, frame).mean()) > self.scene_cut)
+        self._prev = frame.detach().clone()
+        reason = ("first" if step == 0 or not self.costs else "cut" if cut
+                  else "interval" if self._since + 1 >= self.max_interval else "")
+        plan = self._plan()
+        if not reason and self._needs_key():
+            reason = "cost"
+        key = bool(reason)
+        # what the frame is counted against: a keyframe at its own cost (the steady delta cost
+        # already leaves room for the keyframes of the window), a delta frame at the steady cost
+        self._planned = self.key_share if key else self._steady()
+        if key:
+            self._fresh, self._run = True, []
+        else:
+            self._set(plan)
+        self._since = 0 if key else self._since + 1
+        self.keys.append(key)
+        self.reasons.append(reason)
+        self.scales.append(self._scale if self.mode == "threshold" else self._keep)
+        self._pending = key
+        return key
+
+    def _steady(self) -> float:
+        """The delta-frame cost that, with the keyframes of the last ``window - 1`` frames (cuts
+        included; at first, one every ``max_interval``), averages to the target."""
+        recent = self.keys[-(self.window - 1):]
+        missing = self.window - 1 - len(recent)  # the start of the stream: a keyframe every max_interval
+        q = (sum(recent) + missing / self.max_interval) / (self.window - 1)
+        r, q = 1.0 / (self.target * (1 + self.reserve)), min(q, 0.5)
+        return (r - q * self.key_share) / (1 - q)
+
+    def _plan(self) -> float:
+        """The cost to give the next delta frame: the steady cost, less what the last ``window - 1``
+        frames overspent against it (an unplanned keyframe at a cut, frames the power law got
+        wrong), paid back at ``gain`` of it per frame."""
+        over = sum(self._recent)
+        floor = cost_floor(self.report) if self.report is not None else 0.0
+        return max(floor + 1e-4, min(self.key_share, self._steady() - self.gain * over))
+
+    def _needs_key(self) -> bool:
+        """A keyframe pays when the last delta frame cost about as much as one (``key_cost`` of it):
+        the keyframe is exact for the same price, and the delta frames after it are cheap. (Taking
+        the cost back to the calibrated thresholds on the power law instead ran away: a tight budget
+        raised the scale, the scale raised the estimate, and keyframes came every other frame.)"""
+        return self.key_cost is not None and bool(self._run) and self._run[-1][0] >= self.key_cost * self.key_share
+
+    def _wanted_scale(self, cost: float) -> float:
+        """The threshold scale that should make the next delta frame cost ``cost`` (cost ~ scale^-beta
+        around the last delta frame)."""
+        if self._last is None:
+            return self._scale
+        step = (self._last[1] - math.log(cost)) / self._beta
+        return math.exp(self._last[0] + max(-self.max_step, min(self.max_step, step)))
+
+    def _fit(self, log_scale: float, log_cost: float) -> None:
+        """Take a delta frame as the reference of the power law, and update its slope from two
+        consecutive ones. Not the first after a keyframe: it is far cheaper than the rest of its run
+        at any scale (the frame has barely moved), and steering by it overshoots the next."""
+        if self._fresh:
+            self._fresh = False
+            return
+        if self._last is not None and abs(log_scale - self._last[0]) > 0.05:
+            slope = -(log_cost - self._last[1]) / (log_scale - self._last[0])
+            if math.isfinite(slope):
+                self._beta = 0.8 * self._beta + 0.2 * min(2.0, max(0.5, slope))
+        self._last = (log_scale, log_cost)
+
+    def _set(self, cost: float) -> None:
+        """Pick the knob that should make the next delta frame cost ``cost`` (applied by `apply`)."""
+        if self.mode == "threshold":
+            self._scale = min(self.max_scale, max(1.0 / self.max_scale, self._wanted_scale(cost)))
+        else:
+            floor = cost_floor(self.report) if self.report is not None else 0.0
+            self._keep = min(1.0, max(1e-4, (cost - floor) / self._spread))
+
+    def apply(self) -> None:
+        """Set the chosen knob on every steered layer; `DeltaStream` calls it under the model's lock,
+        just before the frame runs, and `release` just after."""
+        name, value = ("threshold_scale", self._scale) if self.mode == "threshold" else ("keep", self._keep)
+        for s in self.students:
+            s.__dict__[name] = value
+
+    def release(self) -> None:
+        """Put every steered layer back to its calibrated thresholds (the model is left as it was)."""
+        for s in self.students:
+            s.__dict__.pop("threshold_scale", None)
+            s.__dict__.pop("keep", None)
+
+    def summary(self) -> dict[str, Any]:
+        """The held cost next to the target, for reports."""
+        ratios = self.window_ratios() if len(self.costs) >= self.window else [self.achieved]
+        return {"target": self.target, "achieved": self.achieved, "mode": self.mode, "window": self.window,
+                "window_min": min(ratios), "window_max": max(ratios),
+                "within_10pct": all(abs(x / self.target - 1) <= 0.1 for x in ratios),
+                "keyframes": sum(self.keys), "keyframe_reasons": {r: self.reasons.count(r) for r in set(self.reasons) if r},
+                "cost_unit": "MACs (share of the teacher's)"}
+
+
+def rate_policy(model: nn.Module | None, target: float | str, keyframe_interval: int, scene_cut: float | None,
+                size: tuple[int, ...], elsewhere: bool = False, options: dict | None = None) -> RateControl:
+    """A `RateControl` for ``model`` at input ``size`` (H, W), checked before any frame or output: a
+    target below 1x, malformed, above what the model can hold, or on a path that cannot steer it
+    (``elsewhere``: an exported graph, another engine, a compiled model) is one line."""
+    if model is None or not list(delta_layers(model)):
+        raise TargetError("--target steers a delta model's sparse layers: give --model")
+    if elsewhere:
+        raise TargetError("--target runs on the torch backend, dense runtime, uncompiled (it steers each layer "
+                          "frame by frame)")
+    policy = RateControl(target, max_interval=keyframe_interval, scene_cut=scene_cut, **(options or {}))
+    policy.check(model, (1, 3, *size))
+    return policy
+
