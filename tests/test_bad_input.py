@@ -54,6 +54,14 @@ CASES = [
     ("run --teacher ppocr-det --video {V} --input-size 100x7 --jsonl {O}", "multiples of 32, got 100x7"),
     ("run --teacher ppocr-det --video {V} --input-size big --jsonl {O}", "--input-size must be HxW"),
     ("distill --teacher {N} --videos {V} --value-range 1 --out {O}", "--value-range must be low,high"),
+    ("run --model {M} --video {V} --target 0.5x --jsonl {O}", "cost target '0.5x' is below 1x"),
+    ("run --model {M} --video {V} --target fast --jsonl {O}", "cost target 'fast' is not a ratio like 3x"),
+    ("run --model {M} --video {V} --target 500x --jsonl {O}", "500x is above this model's maximum"),
+    ("run --teacher selfie --video {V} --target 3x --jsonl {O}", "--target steers a delta model's sparse layers"),
+    ("run --model {M} --video {V} --target 3x --backend openvino --jsonl {O}", "--target runs on the torch backend"),
+    ("bench --model {M} --video {V} --target 0x --json {O}", "is below 1x"),
+    ("demo --target 3y --out {O}", "cost target '3y' is not a ratio"),
+    ("demo --teacher centernet --steps 5 --target 3x --out {O}", "--target steers sparse students"),
 ]
 
 

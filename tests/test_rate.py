@@ -145,3 +145,31 @@ def test_a_target_above_what_the_model_can_hold_is_refused_before_any_frame(toy:
     with pytest.raises(TargetError, match="above this model's maximum of 8.00x"):
         rc.check(toy, (1, 3, 64, 64))
     assert parse_target("3x") == parse_target("3") == parse_target(3.0) == 3.0
+
+
+def test_run_with_a_target_says_what_it_held(tmp_path) -> None:
+    """`deltadistill run --model M --video V --target 2x` works and its summary gives the held cost
+    and the frames per second; its JSON lines mark the keyframes the controller chose."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from deltadistill import teachers
+    from deltadistill.apps.cli import app
+    from deltadistill.video import VideoWriter, default_videos, iter_frames
+
+    clip = tmp_path / "clip.mp4"
+    with VideoWriter(clip, fps=25.0) as w:
+        for f in iter_frames(default_videos()["bikes"], (144, 256), "letterbox", 0, 64):
+            w.write(f)
+    model = sparse_model(teachers.load("selfie"), 0.1)
+    dd.save(model, tmp_path / "m", extra={"teacher": "selfie"})
+    r = CliRunner().invoke(app, ["run", "--model", str(tmp_path / "m"), "--video", str(clip), "--target", "2x",
+                                 "--keyframe-interval", "8", "--jsonl", str(tmp_path / "o.jsonl")])
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.stdout.splitlines() if "frames/s" in x)
+    assert "target 2x, held" in line and "over every 32 frames" in line, line
+    held = float(line.split("held ")[1].split("x")[0])
+    assert 1.8 <= held <= 2.2, line
+    records = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(records) == 64 and records[0]["keyframe"] and sum(r["keyframe"] for r in records) >= 8

@@ -6,6 +6,7 @@
     dd.deploy(model)                                    # hard choices, lean layers
     stream = dd.DeltaStream(model, keyframe=dd.EveryK(8))
     outputs = [stream(x) for x in frames]               # (B, 3, H, W) tensors
+    stream = dd.DeltaStream(model, keyframe=dd.RateControl(3.0))  # sparse students: hold 3x fewer MACs
     dd.export_onnx(model, "out/", input_size=(512, 512)) # keyframe.onnx + delta.onnx, state outside
 """
 
@@ -25,6 +26,7 @@ from .deploy import deploy  # noqa: E402
 from .layer import DeltaConv2d, DeployedDeltaConv2d  # noqa: E402
 from .macs import MacReport, count_macs  # noqa: E402
 from .modes import mode, set_mode  # noqa: E402
+from .rate import RateControl  # noqa: E402
 from .stream import DeltaStream, EveryK, KeyframePolicy  # noqa: E402
 from .students import STUDENTS, Student, register_student  # noqa: E402
 from .summary import summary  # noqa: E402
@@ -34,7 +36,7 @@ __all__ = [
     "STUDENTS", "CalibrationResult", "CheckpointError", "ConversionReport", "DeltaConfig", "DeltaConv2d", "DeltaStream",
     "DeployedDeltaConv2d", "DistillResult", "EveryK", "KeyframePolicy", "MacReport", "Student", "UnsupportedLayerError",
     "calibrate", "convert", "count_macs", "deploy", "distill", "load", "mode", "register_student", "save", "set_mode", "sparsify", "summary", "tune_sparse", "TuneResult",
-    "export_onnx", "OnnxStream", "run_video", "CropStream", "fastest_dense",
+    "export_onnx", "OnnxStream", "run_video", "CropStream", "fastest_dense", "RateControl",
 ]
 __version__ = "0.1.0"
 

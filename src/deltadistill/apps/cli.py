@@ -131,13 +131,15 @@ def demo(
     threads: int = typer.Option(0, help="torch threads (0: torch's default)"),
     steps: Optional[int] = typer.Option(None, min=0, help="override the plan's training steps"),
     budget: Optional[float] = typer.Option(None, help="override the plan's delta-frame MAC budget"),
+    target: Optional[str] = typer.Option(None, help="evaluate holding this cost ratio against the teacher (e.g. "
+                                         "3x, MACs, keyframes counted) instead of at fixed thresholds"),
 ) -> None:
     """The main job on the built-in default: fetch, convert, distill, evaluate, report, render."""
     from deltadistill.apps.demo import run_demo
 
     try:
         run_demo(teacher, out, quick=quick, threads=threads or None, steps=steps, budget=budget,
-                 teacher_options={"input_size": input_size, "value_range": value_range, "task": task})
+                 teacher_options={"input_size": input_size, "value_range": value_range, "task": task}, target=target)
     except _user_errors() as e:
         _fail(e)
 
@@ -360,6 +362,11 @@ def run(
         videos = video_list(video, videos_from)
         first = Path(videos[0]) if videos and Path(videos[0]).is_file() else None
         t, name, m = _load_for_run(model, teacher, input_size, value_range, task, video=first)
+        if target is not None:  # before any export or output: a target the model cannot hold is one line
+            from deltadistill.rate import rate_policy
+
+            rate_policy(m, target, keyframe_interval, scene_cut or None, tuple(t.input_size),
+                        backend != "torch" or runtime != "dense", {"mode": rate_mode})
         onnx_dir = None
         if runtime not in ("dense", "crop"):
             raise ValueError(f"--runtime must be dense or crop, not {runtime!r}")

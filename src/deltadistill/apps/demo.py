@@ -18,6 +18,7 @@ from ..checkpoint import save
 from ..config import DeltaConfig
 from ..convert import convert
 from ..deploy import deploy
+from ..rate import TargetError, parse_target
 from ..teacher_resolve import teacher_record
 from ..train import distill, sparsify
 from ..video import VideoClips, default_videos, video_info
@@ -77,13 +78,15 @@ IMPORTED_PLAN = DemoPlan(("carphone_pristine", "bigbuckbunny"), "bikes", keyfram
 
 def run_demo(teacher_name: str = "selfie", out: str | Path = "runs/demo", quick: bool = False,
              threads: int | None = None, seed: int = 0, steps: int | None = None,
-             budget: float | None = None, teacher_options: dict | None = None) -> dict:
+             budget: float | None = None, teacher_options: dict | None = None,
+             target: float | str | None = None) -> dict:
     """Run the whole job; returns the report dict (also written to ``out/report.json``).
 
     ``steps`` and ``budget`` override the teacher's plan (for longer runs and sweeps); either one turns
     a sparse plan back into the gate search over low-rank students that they describe.
     ``teacher_name`` may also be an ``.onnx`` or TF.js ``model.json`` path; ``teacher_options``
     (``input_size``, ``value_range``, ``task``, as the command line spells them) then apply to it.
+    ``target``: evaluate holding this cost ratio (`rate.RateControl`) instead of fixed thresholds.
     """
     from ..teacher_resolve import parse_range, parse_size, resolve_teacher
     from ..teachers.packaged import PACKAGED
@@ -96,6 +99,10 @@ def run_demo(teacher_name: str = "selfie", out: str | Path = "runs/demo", quick:
     plan, out = (IMPORTED_PLAN if imported else PLANS[teacher_name]), Path(out)
     if budget is not None:
         plan = replace(plan, budget=budget)
+    if target is not None:
+        parse_target(target)  # a malformed target is one line before any work
+        if plan.sparse_level is None or steps is not None or budget is not None:
+            raise TargetError("--target steers sparse students: use the sparse plan (no --steps or --budget)")
     if threads:
         torch.set_num_threads(threads)
     t0 = time.time()
@@ -143,13 +150,14 @@ def run_demo(teacher_name: str = "selfie", out: str | Path = "runs/demo", quick:
     stop = min(info.frames, start + plan.quick_frames) if quick else info.frames
     say(f"4/6 evaluating on frames {start}..{stop - 1} of {plan.eval_video} (never seen in training), side by side")
     report, cmp = evaluate_on_video(teacher, model, videos[plan.eval_video], keyframe_interval=plan.keyframe_interval,
-                                    start=start, stop=stop, out_video=out / "side_by_side.mp4", name=teacher_name)
+                                    start=start, stop=stop, out_video=out / "side_by_side.mp4", name=teacher_name,
+                                    target=target)
     report["training"] = {"steps": steps, "budget": None if sparse else plan.budget,
                           "sparse_level": plan.sparse_level if sparse else None,
                           "reached_delta_cost": None if sparse else result.reached_cost,
                           "students": _count(choices), "videos": list(plan.train_videos)}
     report["quick"] = quick
-    static = _static_camera(teacher, model, videos, plan.keyframe_interval, quick, teacher_name)
+    static = _static_camera(teacher, model, videos, plan.keyframe_interval, quick, teacher_name, target)
     if static is not None:
         report["static_camera"] = static
     say("5/6 writing report.json, plot.png, side_by_side.mp4 and model/")
@@ -166,7 +174,8 @@ def run_demo(teacher_name: str = "selfie", out: str | Path = "runs/demo", quick:
 STATIC_VIDEO = "static-hands"
 
 
-def _static_camera(teacher, model, videos: dict, k: int, quick: bool, name: str) -> dict | None:
+def _static_camera(teacher, model, videos: dict, k: int, quick: bool, name: str,
+                   target: float | str | None = None) -> dict | None:
     """The same delta model on the static-camera clip, timed against the fastest dense teacher: where
     a delta model's saving should be largest, and the report says whether it is in wall-clock time too."""
     if STATIC_VIDEO not in videos:
@@ -175,7 +184,8 @@ def _static_camera(teacher, model, videos: dict, k: int, quick: bool, name: str)
     stop = min(info.frames, 24) if quick else info.frames
     say(f"4b/6 the same model on frames 0..{stop - 1} of {STATIC_VIDEO} (a static camera), against the fastest "
         "dense teacher (torch, onnxruntime and OpenVINO, at full and content size)")
-    report, _ = evaluate_on_video(teacher, model, videos[STATIC_VIDEO], keyframe_interval=k, stop=stop, name=name)
+    report, _ = evaluate_on_video(teacher, model, videos[STATIC_VIDEO], keyframe_interval=k, stop=stop, name=name,
+                                  target=target)
     return report
 
 
