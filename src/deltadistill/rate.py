@@ -86,7 +86,7 @@ class RateControl:
 
     def __init__(self, target: float | str, *, mode: str = "threshold", window: int = 32, max_interval: int = 8,
                  scene_cut: float | None = 0.15, key_cost: float | None = 0.9, max_scale: float = 64.0,
-                 gain: float = 0.125, max_step: float = 0.5,
+                 gain: float = 0.125, max_step: float = 0.5, smooth: float = 1.0,
                  reserve: float = 0.0) -> None:
         if mode not in MODES:
             raise TargetError(f"unknown rate-control mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -95,7 +95,7 @@ class RateControl:
         self.target = parse_target(target)
         self.mode, self.window, self.max_interval = mode, window, max_interval
         self.scene_cut, self.key_cost, self.max_scale, self.gain = scene_cut, key_cost, max_scale, gain
-        self.max_step, self.reserve = max_step, reserve
+        self.max_step, self.reserve, self.smooth = max_step, reserve, smooth
         self.model: nn.Module | None = None
         self.students: list[SparseStudent] = []
         self.report: MacReport | None = None
@@ -130,7 +130,7 @@ class RateControl:
     def __deepcopy__(self, memo: dict) -> RateControl:  # a policy is copied per stream; never its model
         new = RateControl(self.target, mode=self.mode, window=self.window, max_interval=self.max_interval,
                           scene_cut=self.scene_cut, key_cost=self.key_cost, max_scale=self.max_scale, gain=self.gain,
-                          max_step=self.max_step, reserve=self.reserve)
+                          max_step=self.max_step, reserve=self.reserve, smooth=self.smooth)
         memo[id(self)] = new
         return new
 
@@ -255,7 +255,7 @@ class RateControl:
         around the last delta frame)."""
         if self._last is None:
             return self._scale
-        step = (self._last[1] - math.log(cost)) / self._beta
+        step = self.smooth * (self._last[1] - math.log(cost)) / self._beta
         return math.exp(self._last[0] + max(-self.max_step, min(self.max_step, step)))
 
     def _fit(self, log_scale: float, log_cost: float) -> None:
