@@ -19,11 +19,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 lint: $(STAMP)
 	$(VENV)/bin/ruff check
 
-# One process per test file: a single process for the whole suite died with SIGSEGV (exit 139, no
-# Python traceback) about halfway, starting a subprocess, after ~150 tests had left onnxruntime,
-# PyAV and torch state in it; every file passes in a process of its own.
+# A few pytest processes (tests/run_suite.py says why): not one for the whole suite, which died with
+# SIGSEGV halfway, and not one per file, which paid the start-up 30 times.
 test: lint
-	@set -e; for f in tests/test_*.py; do echo "== $$f"; $(PY) -m pytest -q -p no:cacheprovider $$f; done
+	$(PY) tests/run_suite.py
 
 demo: $(STAMP)
 	$(VENV)/bin/deltadistill demo $(ARGS)

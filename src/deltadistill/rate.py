@@ -5,15 +5,14 @@ A fixed threshold gives a cost that depends on the video. `RateControl` is a key
 quantiser: the user asks for ``target`` (say 3.0, a third of the teacher's cost per frame, keyframes
 included), and the controller
 
-* keeps the cost of every ``window`` frames near ``window / target`` teacher frames: after each
-  frame it plans the next delta frame's cost from what the last ``window - 1`` frames spent, and
-  spreads any overshoot (a scene cut's keyframe) over the following frames;
+* keeps the cost of every ``window`` frames near ``window / target`` teacher frames: each delta
+  frame gets the cost that, beside the keyframes of the last ``window - 1`` frames, averages to the
+  target, less a share (``gain``) of what those frames overspent against that plan;
 * reaches that cost either by scaling every sparse layer's calibrated threshold (``"threshold"``:
-  feedback on a power law, cost ~ scale^-beta, fitted online) or by keeping the same share of
-  pixels in every sparse layer (``"topk"``: a constant cost whatever moves);
-* runs a keyframe at a scene cut, after ``max_interval`` frames, or when a delta frame at the
-  calibrated thresholds would cost about as much as a keyframe (``key_cost``); every keyframe is
-  counted in the held cost.
+  feedback on a power law, cost ~ scale^-beta, its slope fitted online) or by keeping the same
+  share of pixels in every sparse layer (``"topk"``: a constant cost whatever moves);
+* runs a keyframe at a scene cut, after ``max_interval`` frames, or when the last delta frame cost
+  about as much as a keyframe (``key_cost``); every keyframe is counted in the held cost.
 
 Cost is multiply-accumulates measured frame by frame (`macs.measured_delta_macs`), as a share of
 the teacher's: the unit `count_macs` reports. One stream (batch 1) per controller.
@@ -86,16 +85,20 @@ class RateControl:
 
     def __init__(self, target: float | str, *, mode: str = "threshold", window: int = 32, max_interval: int = 8,
                  scene_cut: float | None = 0.15, key_cost: float | None = 0.9, max_scale: float = 64.0,
-                 gain: float = 0.125, max_step: float = 0.5, smooth: float = 1.0,
-                 reserve: float = 0.0) -> None:
+                 gain: float = 0.125, max_step: float = 0.5, smooth: float = 1.0) -> None:
+        """``smooth`` < 1 moves the scale only that share of the way to the frame's plan: the cost then
+        follows the motion more, as a fixed threshold's does, and the windows stray further."""
         if mode not in MODES:
             raise TargetError(f"unknown rate-control mode {mode!r}; expected one of {', '.join(MODES)}")
         if window < 2 or max_interval < 1:
             raise TargetError(f"window must be >= 2 and max_interval >= 1, got {window} and {max_interval}")
         self.target = parse_target(target)
+        self.options = {"mode": mode, "window": window, "max_interval": max_interval, "scene_cut": scene_cut,
+                        "key_cost": key_cost, "max_scale": max_scale, "gain": gain, "max_step": max_step,
+                        "smooth": smooth}
         self.mode, self.window, self.max_interval = mode, window, max_interval
         self.scene_cut, self.key_cost, self.max_scale, self.gain = scene_cut, key_cost, max_scale, gain
-        self.max_step, self.reserve, self.smooth = max_step, reserve, smooth
+        self.max_step, self.smooth = max_step, smooth
         self.model: nn.Module | None = None
         self.students: list[SparseStudent] = []
         self.report: MacReport | None = None
@@ -128,9 +131,7 @@ class RateControl:
                               f"(a keyframe every {self.max_interval} frames, delta frames at their floor)")
 
     def __deepcopy__(self, memo: dict) -> RateControl:  # a policy is copied per stream; never its model
-        new = RateControl(self.target, mode=self.mode, window=self.window, max_interval=self.max_interval,
-                          scene_cut=self.scene_cut, key_cost=self.key_cost, max_scale=self.max_scale, gain=self.gain,
-                          max_step=self.max_step, reserve=self.reserve, smooth=self.smooth)
+        new = RateControl(self.target, **self.options)
         memo[id(self)] = new
         return new
 
@@ -149,7 +150,7 @@ class RateControl:
         self._beta = 1.0  # threshold mode: cost ~ scale^-beta
         self._last: tuple[float, float] | None = None  # (log scale, log cost) of the last delta frame
         self._planned = 0.0
-        self._run: list[tuple[float, float]] = []  # (cost, log scale) of the delta frames since the keyframe
+        self._last_delta: float | None = None  # the cost of the last delta frame since the keyframe
         self._fresh = True  # no delta frame since the last keyframe: do not fit a slope across one
 
     # ------------------------------------------------------------------ what was held
@@ -165,7 +166,7 @@ class RateControl:
             cost = self.key_share
         else:
             cost = measured_delta_macs(self.model, self.report) / self.report.teacher
-            self._run.append((cost, math.log(self._scale)))
+            self._last_delta = cost
             if self.mode == "threshold":
                 self._fit(math.log(self._scale), math.log(max(cost, 1e-9)))
             else:
@@ -216,7 +217,7 @@ class RateControl:
         # already leaves room for the keyframes of the window), a delta frame at the steady cost
         self._planned = self.key_share if key else self._steady()
         if key:
-            self._fresh, self._run = True, []
+            self._fresh, self._last_delta = True, None
         else:
             self._set(plan)
         self._since = 0 if key else self._since + 1
@@ -232,7 +233,7 @@ class RateControl:
         recent = self.keys[-(self.window - 1):]
         missing = self.window - 1 - len(recent)  # the start of the stream: a keyframe every max_interval
         q = (sum(recent) + missing / self.max_interval) / (self.window - 1)
-        r, q = 1.0 / (self.target * (1 + self.reserve)), min(q, 0.5)
+        r, q = 1.0 / self.target, min(q, 0.5)
         return (r - q * self.key_share) / (1 - q)
 
     def _plan(self) -> float:
@@ -248,7 +249,8 @@ class RateControl:
         the keyframe is exact for the same price, and the delta frames after it are cheap. (Taking
         the cost back to the calibrated thresholds on the power law instead ran away: a tight budget
         raised the scale, the scale raised the estimate, and keyframes came every other frame.)"""
-        return self.key_cost is not None and bool(self._run) and self._run[-1][0] >= self.key_cost * self.key_share
+        return (self.key_cost is not None and self._last_delta is not None
+                and self._last_delta >= self.key_cost * self.key_share)
 
     def _wanted_scale(self, cost: float) -> float:
         """The threshold scale that should make the next delta frame cost ``cost`` (cost ~ scale^-beta
