@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import deltadistill as dd
 from deltadistill.macs import count_macs, measured_delta_macs
-from deltadistill.rate import RateControl, sparse_students
+from deltadistill.rate import RateControl, TargetError, sparse_students
 from deltadistill.rival import repeat_at_keys, rival_equal_macs
 from deltadistill.stream import SceneCut, frame_change, keyframe_flags
 from deltadistill.tasks import task_for
@@ -131,6 +131,13 @@ def main() -> None:
                     continue
                 policy = SceneCut(k, CUT) if kind == "fixed" else RateControl(target, mode=mode, max_interval=k,
                                                                                scene_cut=CUT)
+                if kind == "controller":
+                    try:
+                        policy.check(model, tuple(xs[0].shape))
+                    except TargetError as e:  # above what the model can hold at this K: said, not run
+                        print(f"{name} {vid} K={k} {target}x {mode}: {e}", flush=True)
+                        done.add((name, vid, kind, k, target, scale, mode))
+                        continue
                 t0 = time.time()
                 outs, costs, keys = run(model, xs, policy, scale)
                 preds = [task.single(teacher.postprocess(o)) for o in outs]

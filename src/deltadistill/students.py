@@ -398,8 +398,8 @@ class SparseStudent(Student):
 
     def select(self, score: Tensor) -> Tensor:
         """Which scores to compute: above the (scaled) threshold, or the ``keep`` share with the largest."""
-        if self.keep is None:
-            return score > self.threshold * self.threshold_scale
+        if self.keep is None:  # (no multiply at scale 1: an exported graph stays as it was)
+            return score > (self.threshold if self.threshold_scale == 1.0 else self.threshold * self.threshold_scale)
         flat = score.flatten(1)
         k = max(1, min(flat.shape[1], round(self.keep * flat.shape[1])))
         kth = flat.topk(k, dim=1, sorted=False).values.amin(1)
