@@ -8,11 +8,15 @@ included), and the controller
 * keeps the cost of every ``window`` frames near ``window / target`` teacher frames: each delta
   frame gets the cost that, beside the keyframes of the last ``window - 1`` frames, averages to the
   target, less a share (``gain``) of what those frames overspent against that plan;
-* reaches that cost either by scaling every sparse layer's calibrated threshold (``"threshold"``:
-  feedback on a power law, cost ~ scale^-beta, its slope fitted online) or by keeping the same
-  share of pixels in every sparse layer (``"topk"``: a constant cost whatever moves);
+* reaches that cost by keeping the same share of pixels, the most moved first, in every sparse
+  layer (``"topk"``, the default: a nearly constant cost whatever moves), or by scaling every
+  sparse layer's calibrated threshold (``"threshold"``: feedback on a power law, cost ~
+  scale^-beta, its slope fitted online). Measured on selfie over four videos (BENCHMARKS.md note
+  33), top-k held every 32-frame window within 10% where the scaled thresholds strayed up to 16%
+  on bikes, at the same or better accuracy;
 * runs a keyframe at a scene cut, after ``max_interval`` frames, or when the last delta frame cost
-  about as much as a keyframe (``key_cost``); every keyframe is counted in the held cost.
+  about as much as a keyframe (``key_cost``; under top-k, when nearly the whole frame moved past a
+  layer's calibrated threshold); every keyframe is counted in the held cost.
 
 Cost is multiply-accumulates measured frame by frame (`macs.measured_delta_macs`), as a share of
 the teacher's: the unit `count_macs` reports. One stream (batch 1) per controller.
@@ -83,7 +87,7 @@ class RateControl:
     `achieved` and `window_ratios` what was held.
     """
 
-    def __init__(self, target: float | str, *, mode: str = "threshold", window: int = 32, max_interval: int = 8,
+    def __init__(self, target: float | str, *, mode: str = "topk", window: int = 32, max_interval: int = 8,
                  scene_cut: float | None = 0.15, key_cost: float | None = 0.9, max_scale: float = 64.0,
                  gain: float = 0.125, max_step: float = 0.5, smooth: float = 1.0) -> None:
         """``smooth`` < 1 moves the scale only that share of the way to the frame's plan: the cost then
@@ -166,7 +170,12 @@ class RateControl:
             cost = self.key_share
         else:
             cost = measured_delta_macs(self.model, self.report) / self.report.teacher
-            self._last_delta = cost
+            # what a keyframe is weighed against. Top-k caps what the frame did cost, so that alone would
+            # never call for one: there, the largest share of a layer that its calibrated threshold
+            # would have computed (the first layer's reaches 1 when the whole frame moved; the later
+            # layers see deltas top-k already cut)
+            self._last_delta = cost if self.mode == "threshold" else max(
+                s.__dict__.get("wanted_share", 0.0) for s in self.students)
             if self.mode == "threshold":
                 self._fit(math.log(self._scale), math.log(max(cost, 1e-9)))
             else:
@@ -245,8 +254,9 @@ class RateControl:
         return max(floor + 1e-4, min(self.key_share, self._steady() - self.gain * over))
 
     def _needs_key(self) -> bool:
-        """A keyframe pays when the last delta frame cost about as much as one (``key_cost`` of it):
-        the keyframe is exact for the same price, and the delta frames after it are cheap. (Taking
+        """A keyframe pays when the last delta frame cost about as much as one (``key_cost`` of it;
+        under top-k, when a layer's calibrated threshold would have computed that share of it): the
+        keyframe is exact for the same price, and the delta frames after it are cheap. (Taking
         the cost back to the calibrated thresholds on the power law instead ran away: a tight budget
         raised the scale, the scale raised the estimate, and keyframes came every other frame.)"""
         return (self.key_cost is not None and self._last_delta is not None

@@ -405,11 +405,18 @@ class SparseStudent(Student):
         kth = flat.topk(k, dim=1, sorted=False).values.amin(1)
         return (score >= kth.view(-1, *[1] * (score.dim() - 1))) & (score > 0)
 
+    def macs_of(self, mask: Tensor, delta: Tensor) -> int:
+        """What computing the pixels of ``mask`` costs: every output whose receptive field holds one."""
+        return round(float(computed_share(mask, self.geo).mean()) * self.geo.macs((delta.shape[-2], delta.shape[-1])))
+
     def forward(self, delta: Tensor) -> Tensor:
-        mask = self.select(self.score(delta))
+        score = self.score(delta)
+        mask = self.select(score)
         if not _tracing():  # a traced graph (ONNX export, torch.compile) has no Python side to record into
-            share = computed_share(mask, self.geo)
-            self.__dict__["last_macs"] = round(float(share.mean()) * self.geo.macs((delta.shape[-2], delta.shape[-1])))
+            self.__dict__["last_macs"] = self.macs_of(mask, delta)
+            if self.keep is not None:  # the share the calibrated threshold would compute: when to re-key
+                dense = max(1, self.geo.macs((delta.shape[-2], delta.shape[-1])))
+                self.__dict__["wanted_share"] = self.macs_of(score > self.threshold, delta) / dense
         sent = delta * mask.to(delta.dtype)
         self.__dict__["last_sent"] = sent
         return self.conv(sent)
@@ -468,13 +475,12 @@ class ElementSparseStudent(SparseStudent):
 
     name = "sparse_element"
 
-    def forward(self, delta: Tensor) -> Tensor:
-        mask = self.select(delta.abs())
-        if not _tracing():
-            self.__dict__["last_macs"] = round(float(element_macs(mask, self.geo).mean()))
-        sent = delta * mask.to(delta.dtype)
-        self.__dict__["last_sent"] = sent
-        return self.conv(sent)
+    def score(self, delta: Tensor) -> Tensor:
+        """Per element: the threshold is compared with each ``|delta|`` itself."""
+        return delta.abs()
+
+    def macs_of(self, mask: Tensor, delta: Tensor) -> int:
+        return round(float(element_macs(mask, self.geo).mean()))
 
 
 @register_student

@@ -196,8 +196,8 @@ def bench(
     target: Optional[str] = typer.Option(None, help="hold this cost ratio against the teacher (e.g. 3x; MACs, "
                                          "keyframes counted); --keyframe-interval is then the longest interval, and "
                                          "the rival gets the same budget"),
-    rate_mode: str = typer.Option("threshold", help="--target: threshold (scale every sparse threshold) or topk "
-                                  "(the same share of pixels in every sparse layer)"),
+    rate_mode: str = typer.Option("topk", help="--target: topk (the same share of pixels in every sparse layer) "
+                                  "or threshold (scale every sparse threshold)"),
 ) -> None:
     """Teacher vs delta model on the same frames, in one process: MACs, ms, speedup, accuracy, consistency."""
     from deltadistill.apps.bench import calibrated_model, evaluate_on_video, load_delta_model, sparse_model
@@ -344,8 +344,8 @@ def run(
     target: Optional[str] = typer.Option(None, help="hold this cost ratio against the teacher, keyframes counted "
                                          "(e.g. 3x): each delta frame's thresholds and the keyframes are chosen "
                                          "to hold it over every 32 frames; --keyframe-interval is then the longest"),
-    rate_mode: str = typer.Option("threshold", help="--target: scale every sparse threshold (threshold) or keep "
-                                  "the same share of pixels in every sparse layer (topk)"),
+    rate_mode: str = typer.Option("topk", help="--target: keep the same share of pixels in every sparse layer "
+                                  "(topk), or scale every sparse threshold (threshold)"),
 ) -> None:
     """Run a delta model (or its teacher) over videos: annotated mp4, JSON lines, frames/s, MACs/frame.
 
