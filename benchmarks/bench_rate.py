@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--centernet-videos", default="static-hands,bikes", help="centernet is 5x slower: fewer videos")
     ap.add_argument("--targets", default=",".join(map(str, TARGETS)))
     ap.add_argument("--modes", default="threshold,topk")
+    ap.add_argument("--scales", default=",".join(map(str, SCALES)), help="fixed threshold scales")
     ap.add_argument("--json", default="benchmarks/rate.json")
     ap.add_argument("--section", default="rate-control")
     ap.add_argument("--report-only", action="store_true", help="plot and write the section from the JSON")
@@ -124,7 +125,7 @@ def main() -> None:
                                        for k in range(1, 17)]
             settings = []
             for k in PLANS[name][2]:
-                settings += [("fixed", k, None, s, None) for s in SCALES]
+                settings += [("fixed", k, None, float(s), None) for s in args.scales.split(",")]
                 settings += [("controller", k, t, None, m) for m in args.modes.split(",") for t in targets]
             for kind, k, target, scale, mode in settings:
                 if (name, vid, kind, k, target, scale, mode) in done:

@@ -15,8 +15,8 @@ included), and the controller
   33), top-k held every 32-frame window within 10% where the scaled thresholds strayed up to 16%
   on bikes, at the same or better accuracy;
 * runs a keyframe at a scene cut, after ``max_interval`` frames, or when the last delta frame cost
-  about as much as a keyframe (``key_cost``; under top-k, when nearly the whole frame moved past a
-  layer's calibrated threshold); every keyframe is counted in the held cost.
+  about as much as a keyframe (``key_cost``; under top-k, estimated at the calibrated thresholds);
+  every keyframe is counted in the held cost.
 
 Cost is multiply-accumulates measured frame by frame (`macs.measured_delta_macs`), as a share of
 the teacher's: the unit `count_macs` reports. One stream (batch 1) per controller.
@@ -64,6 +64,18 @@ def sparse_students(model: nn.Module) -> list[SparseStudent]:
         students = [layer.student] if hasattr(layer, "student") else list(getattr(layer, "students", {}).values())
         out += [s for s in students if isinstance(s, SparseStudent)]
     return out
+
+
+def calibrated_cost(model: nn.Module, report: MacReport) -> float:
+    """What the top-k delta frame just run would have cost at the calibrated thresholds, as a share
+    of the teacher's: each sparse layer's share of its MACs that its own threshold would compute."""
+    total = report.delta
+    for (_, layer), row in zip(delta_layers(model), report.layers, strict=True):
+        student = layer.student if hasattr(layer, "student") else layer.students[row.student]
+        share = student.__dict__.get("wanted_share") if isinstance(student, SparseStudent) else None
+        if share is not None:
+            total += share * row.teacher - row.delta
+    return total / report.teacher
 
 
 def cost_floor(report: MacReport) -> float:
@@ -171,11 +183,11 @@ class RateControl:
         else:
             cost = measured_delta_macs(self.model, self.report) / self.report.teacher
             # what a keyframe is weighed against. Top-k caps what the frame did cost, so that alone would
-            # never call for one: there, the largest share of a layer that its calibrated threshold
-            # would have computed (the first layer's reaches 1 when the whole frame moved; the later
-            # layers see deltas top-k already cut)
-            self._last_delta = cost if self.mode == "threshold" else max(
-                s.__dict__.get("wanted_share", 0.0) for s in self.students)
+            # never call for one: there, what its layers' calibrated thresholds would have computed,
+            # weighted by their MACs (an underestimate: later layers see deltas top-k already cut;
+            # the largest layer share instead re-keyed centernet on a third of bikes' frames, its
+            # stem's thresholds being tiny)
+            self._last_delta = cost if self.mode == "threshold" else calibrated_cost(self.model, self.report)
             if self.mode == "threshold":
                 self._fit(math.log(self._scale), math.log(max(cost, 1e-9)))
             else:
@@ -255,7 +267,7 @@ class RateControl:
 
     def _needs_key(self) -> bool:
         """A keyframe pays when the last delta frame cost about as much as one (``key_cost`` of it;
-        under top-k, when a layer's calibrated threshold would have computed that share of it): the
+        under top-k, what the calibrated thresholds would have computed, an underestimate): the
         keyframe is exact for the same price, and the delta frames after it are cheap. (Taking
         the cost back to the calibrated thresholds on the power law instead ran away: a tight budget
         raised the scale, the scale raised the estimate, and keyframes came every other frame.)"""
