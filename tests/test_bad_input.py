@@ -62,6 +62,7 @@ CASES = [
     ("bench --model {M} --video {V} --target 0x --json {O}", "is below 1x"),
     ("demo --target 3y --out {O}", "cost target '3y' is not a ratio"),
     ("demo --teacher centernet --steps 5 --target 3x --out {O}", "--target steers sparse students"),
+    ("demo --target 4x --out {O}", "above what a keyframe every 4 frames allows"),
 ]
 
 

@@ -147,25 +147,33 @@ def test_a_target_above_what_the_model_can_hold_is_refused_before_any_frame(toy:
     assert parse_target("3x") == parse_target("3") == parse_target(3.0) == 3.0
 
 
-def test_run_with_a_target_says_what_it_held(tmp_path) -> None:
+@pytest.fixture(scope="module")
+def selfie_run(tmp_path_factory) -> dict:
+    """A 64-frame clip of bikes and a selfie sparse model saved as a model directory."""
+    from deltadistill import teachers
+    from deltadistill.video import VideoWriter, default_videos, iter_frames
+
+    root = tmp_path_factory.mktemp("rate")
+    clip = root / "clip.mp4"
+    with VideoWriter(clip, fps=25.0) as w:
+        for f in iter_frames(default_videos()["bikes"], (144, 256), "letterbox", 0, 64):
+            w.write(f)
+    model = sparse_model(teachers.load("selfie"), 0.1)
+    dd.save(model, root / "m", extra={"teacher": "selfie"})
+    return {"clip": str(clip), "model": str(root / "m"), "root": root}
+
+
+def test_run_with_a_target_says_what_it_held(selfie_run: dict, tmp_path) -> None:
     """`deltadistill run --model M --video V --target 2x` works and its summary gives the held cost
     and the frames per second; its JSON lines mark the keyframes the controller chose."""
     import json
 
     from typer.testing import CliRunner
 
-    from deltadistill import teachers
     from deltadistill.apps.cli import app
-    from deltadistill.video import VideoWriter, default_videos, iter_frames
 
-    clip = tmp_path / "clip.mp4"
-    with VideoWriter(clip, fps=25.0) as w:
-        for f in iter_frames(default_videos()["bikes"], (144, 256), "letterbox", 0, 64):
-            w.write(f)
-    model = sparse_model(teachers.load("selfie"), 0.1)
-    dd.save(model, tmp_path / "m", extra={"teacher": "selfie"})
-    r = CliRunner().invoke(app, ["run", "--model", str(tmp_path / "m"), "--video", str(clip), "--target", "2x",
-                                 "--keyframe-interval", "8", "--jsonl", str(tmp_path / "o.jsonl")])
+    r = CliRunner().invoke(app, ["run", "--model", selfie_run["model"], "--video", selfie_run["clip"], "--target",
+                                 "2x", "--keyframe-interval", "8", "--jsonl", str(tmp_path / "o.jsonl")])
     assert r.exit_code == 0, r.output
     line = next(x for x in r.stdout.splitlines() if "frames/s" in x)
     assert "target 2x, held" in line and "over every 32 frames" in line, line
@@ -173,3 +181,25 @@ def test_run_with_a_target_says_what_it_held(tmp_path) -> None:
     assert 1.8 <= held <= 2.2, line
     records = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert len(records) == 64 and records[0]["keyframe"] and sum(r["keyframe"] for r in records) >= 8
+
+
+def test_bench_with_a_target_gives_the_rival_the_same_budget(selfie_run: dict, tmp_path) -> None:
+    """`bench --target 2x`: the report holds the target beside what was held, the rival runs at the
+    model's own measured cost (its keyframe share is the model's cost share), and a verdict in words.
+    Broken against: the rival at the interval K instead of the held cost."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from deltadistill.apps.cli import app
+
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(app, ["bench", "--model", selfie_run["model"], "--video", selfie_run["clip"], "--target",
+                                 "2x", "--keyframe-interval", "8", "--no-fastest", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    held, rival = report["rate"], report["accuracy"]["rival_equal_macs"]
+    assert held["target"] == 2.0 and abs(held["achieved"] / 2.0 - 1) < 0.1
+    assert rival["interval"] == pytest.approx(report["mac_ratio"], rel=0.15)  # same budget, not K=8
+    assert rival["words"].startswith("at 2x the delta model")
+    assert "cost target" in r.stdout and "note: at 2x" in r.stdout

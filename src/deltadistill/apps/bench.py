@@ -162,11 +162,10 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
         macs.amortised, accuracy["value"],
         keys_at=(lambda k: keyframe_flags(cmp.changes, k, scene_cut)) if policy is not None else None)
     if target is not None:  # where the held cost cannot beat the rival, say so in words, with the gap
-        r = accuracy["rival_equal_macs"]
-        accuracy["rival_equal_macs"]["words"] = (
-            f"at {target}x the delta model beats the rival by {r['margin']:+.3f}" if r["beats"] else
-            f"at {target}x the delta model does not beat the rival: {r['margin']:+.3f} against the "
-            f"+{r['margin_needed']:.3f} needed")
+        r, at = accuracy["rival_equal_macs"], f"{cmp.policy.target:g}x"
+        r["words"] = (f"at {at} the delta model beats the rival by {r['margin']:+.3f}" if r["beats"] else
+                      f"at {at} the delta model does not beat the rival: {r['margin']:+.3f} against the "
+                      f"+{r['margin_needed']:.3f} needed")
     timing = {"teacher": cmp.tail_ms("teacher"), "delta": cmp.tail_ms("delta")}
     extra_time: dict[str, Any] = {}
     if fastest is not None:

@@ -100,9 +100,12 @@ def run_demo(teacher_name: str = "selfie", out: str | Path = "runs/demo", quick:
     if budget is not None:
         plan = replace(plan, budget=budget)
     if target is not None:
-        parse_target(target)  # a malformed target is one line before any work
+        wanted = parse_target(target)  # a malformed target is one line before any work
         if plan.sparse_level is None or steps is not None or budget is not None:
             raise TargetError("--target steers sparse students: use the sparse plan (no --steps or --budget)")
+        if wanted >= plan.keyframe_interval:  # a keyframe every K frames costs 1/K on its own
+            raise TargetError(f"cost target {wanted:g}x is above what a keyframe every {plan.keyframe_interval} "
+                              f"frames allows (less than {plan.keyframe_interval}x)")
     if threads:
         torch.set_num_threads(threads)
     t0 = time.time()

@@ -106,6 +106,8 @@ def table(report: dict[str, Any]) -> str:
     if bars >= 0.05:
         out += (f"\nnote: letterbox bars fill {bars:.0%} of each input frame. The teacher and the rival compute "
                 "them; a sparse delta model skips them, so part of its saving is theirs (BENCHMARKS.md note 29).")
+    if rival and rival.get("words"):
+        out += f"\nnote: {rival['words']}."
     if timed and timed.get("speed_ratio", timed["interval"]) < 1:
         out += f"\nnote: {timed['words']}."
     if report.get("detail", {}).get("delta_frames_repeating_keyframe", 0.0) == 1.0:
