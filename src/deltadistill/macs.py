@@ -70,7 +70,7 @@ class MacReport:
 
 def has_measured_macs(model: nn.Module) -> bool:
     """True when some delta layer's student costs what its data makes it cost (MACs must be measured)."""
-    return any(getattr(s, "data_dependent", False) for _, layer in delta_layers(model) for s in _students(layer))
+    return any(getattr(s, "data_dependent", False) for _, layer in delta_layers(model) for s in layer_students(layer))
 
 
 def measured_delta_macs(model: nn.Module, report: MacReport) -> int:
@@ -78,17 +78,22 @@ def measured_delta_macs(model: nn.Module, report: MacReport) -> int:
     nominal cost replaced by what its last call measured (per image)."""
     total = report.delta
     for (_, layer), row in zip(delta_layers(model), report.layers, strict=True):
-        student = layer.student if isinstance(layer, DeployedDeltaConv2d) else layer.students[row.student]
-        measured = student.measured_macs()
+        measured = counted_student(layer, row).measured_macs()
         if measured is not None:
             total += measured - row.delta
     return total
 
 
-def _students(layer: DeltaLayer) -> list[nn.Module]:
+def layer_students(layer: DeltaLayer) -> list[nn.Module]:
+    """The students a layer holds: its one deployed student, or all of a trainable layer's."""
     if isinstance(layer, DeployedDeltaConv2d):
         return [layer.student]
     return list(getattr(layer, "students", {}).values())
+
+
+def counted_student(layer: DeltaLayer, row: LayerMacs) -> nn.Module:
+    """The student a delta frame of ``layer`` runs, as its MAC report row counts it."""
+    return layer.student if isinstance(layer, DeployedDeltaConv2d) else layer.students[row.student]
 
 
 def flop_counter_macs(model: nn.Module, x: torch.Tensor) -> int:

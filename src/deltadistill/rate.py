@@ -31,7 +31,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .macs import MacReport, count_macs, measured_delta_macs
+from .macs import MacReport, count_macs, counted_student, layer_students, measured_delta_macs
 from .modes import delta_layers
 from .stream import frame_change
 from .students import SparseStudent
@@ -59,11 +59,7 @@ def parse_target(text: str | float) -> float:
 
 def sparse_students(model: nn.Module) -> list[SparseStudent]:
     """Every data-dependent sparse student the model runs on delta frames (what the controller steers)."""
-    out: list[SparseStudent] = []
-    for _, layer in delta_layers(model):
-        students = [layer.student] if hasattr(layer, "student") else list(getattr(layer, "students", {}).values())
-        out += [s for s in students if isinstance(s, SparseStudent)]
-    return out
+    return [s for _, layer in delta_layers(model) for s in layer_students(layer) if isinstance(s, SparseStudent)]
 
 
 def calibrated_cost(model: nn.Module, report: MacReport) -> float:
@@ -71,7 +67,7 @@ def calibrated_cost(model: nn.Module, report: MacReport) -> float:
     of the teacher's: each sparse layer's share of its MACs that its own threshold would compute."""
     total = report.delta
     for (_, layer), row in zip(delta_layers(model), report.layers, strict=True):
-        student = layer.student if hasattr(layer, "student") else layer.students[row.student]
+        student = counted_student(layer, row)
         share = student.__dict__.get("wanted_share") if isinstance(student, SparseStudent) else None
         if share is not None:
             total += share * row.teacher - row.delta
