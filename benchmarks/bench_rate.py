@@ -227,7 +227,7 @@ def _body(rows: list[dict], args) -> str:
              "at the same cost with the same scene-cut keyframes; `fixed` the fixed-threshold curve at the same K "
              f"at the same cost (interpolated in 1/cost). Figures: `{Path(args.json).stem}_<teacher>.png`.", "",
              "| teacher | video | K | mode | target | held | windows | within 10%? | accuracy | rival | margin (needed) "
-             "| beats rival? | fixed at same cost | keyframes (cuts, by cost) |",
+             "| beats rival? | fixed at same cost | keyframes (cuts, by cost, by budget) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted((r for r in rows if r["kind"] == "controller"),
                     key=lambda r: (r["teacher"], r["video"], r["k"], r["mode"], r["target"])):
@@ -239,7 +239,7 @@ def _body(rows: list[dict], args) -> str:
             f"{r['window_min']:.2f}-{r['window_max']:.2f} | {'yes' if within else 'no'} | {r['accuracy']:.3f} | "
             f"{rv['value']:.3f} | {rv['margin']:+.3f} ({rv['margin_needed']:+.3f}) | {'yes' if rv['beats'] else 'no'} | "
             f"{'-' if fixed is None else f'{fixed:.3f}'} | {r['keyframes']} ({reasons.get('cut', 0)}, "
-            f"{reasons.get('cost', 0)}) |")
+            f"{reasons.get('cost', 0)}, {reasons.get('budget', 0)}) |")
     return "\n".join(lines)
 
 

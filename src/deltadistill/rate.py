@@ -14,8 +14,10 @@ included), and the controller
   scale^-beta, its slope fitted online). Measured on selfie over four videos (BENCHMARKS.md note
   33), top-k held every 32-frame window within 10% where the scaled thresholds strayed up to 16%
   on bikes, at the same or better accuracy;
-* runs a keyframe at a scene cut, after ``max_interval`` frames, or when the last delta frame cost
-  about as much as a keyframe (``key_cost``; under top-k, estimated at the calibrated thresholds);
+* runs a keyframe at a scene cut, after ``max_interval`` frames, when the last delta frame cost
+  about as much as a keyframe (``key_cost``; under top-k, estimated at the calibrated thresholds),
+  or when the window has budget left for one (``budget_key``: delta frames that cost less than
+  planned, because little moved or they sit at their floor, leave room for an exact frame);
   every keyframe is counted in the held cost.
 
 Cost is multiply-accumulates measured frame by frame (`macs.measured_delta_macs`), as a share of
@@ -97,7 +99,7 @@ class RateControl:
 
     def __init__(self, target: float | str, *, mode: str = "topk", window: int = 32, max_interval: int = 8,
                  scene_cut: float | None = 0.15, key_cost: float | None = 0.9, max_scale: float = 64.0,
-                 gain: float = 0.125, max_step: float = 0.5, smooth: float = 1.0) -> None:
+                 gain: float = 0.125, max_step: float = 0.5, smooth: float = 1.0, budget_key: bool = True) -> None:
         """``smooth`` < 1 moves the scale only that share of the way to the frame's plan: the cost then
         follows the motion more, as a fixed threshold's does, and the windows stray further."""
         if mode not in MODES:
@@ -107,10 +109,10 @@ class RateControl:
         self.target = parse_target(target)
         self.options = {"mode": mode, "window": window, "max_interval": max_interval, "scene_cut": scene_cut,
                         "key_cost": key_cost, "max_scale": max_scale, "gain": gain, "max_step": max_step,
-                        "smooth": smooth}
+                        "smooth": smooth, "budget_key": budget_key}
         self.mode, self.window, self.max_interval = mode, window, max_interval
         self.scene_cut, self.key_cost, self.max_scale, self.gain = scene_cut, key_cost, max_scale, gain
-        self.max_step, self.smooth = max_step, smooth
+        self.max_step, self.smooth, self.budget_key = max_step, smooth, budget_key
         self.model: nn.Module | None = None
         self.students: list[SparseStudent] = []
         self.report: MacReport | None = None
@@ -229,6 +231,8 @@ class RateControl:
         plan = self._plan()
         if not reason and self._needs_key():
             reason = "cost"
+        if not reason and self._affords_key():
+            reason = "budget"
         key = bool(reason)
         # what the frame is counted against: a keyframe at its own cost (the steady delta cost
         # already leaves room for the keyframes of the window), a delta frame at the steady cost
@@ -244,13 +248,22 @@ class RateControl:
         self._pending = key
         return key
 
+    def _key_rate(self) -> float:
+        """Keyframes per frame, from the spacing of those in the last ``window - 1`` frames (cuts
+        included): ``n`` keyframes over the span from the first to the last, plus one
+        ``max_interval`` (exact for keyframes every ``max_interval`` frames, and one of them alone
+        gives that rate; two close together at the start of a stream do not read as a keyframe on
+        every frame). Not their count over the window: 31 frames hold four keyframes every 8 frames
+        in 7 phases of 8, a rate of 0.129 for 0.125, which left every delta frame at 6x about 9%
+        under its budget (and the first window, where the stream's first frame counted beside an
+        assumed rate, up to 60% under)."""
+        at = [i for i, key in enumerate(self.keys[-(self.window - 1):]) if key]
+        return len(at) / (at[-1] - at[0] + self.max_interval) if at else 1.0 / self.max_interval
+
     def _steady(self) -> float:
-        """The delta-frame cost that, with the keyframes of the last ``window - 1`` frames (cuts
-        included; at first, one every ``max_interval``), averages to the target."""
-        recent = self.keys[-(self.window - 1):]
-        missing = self.window - 1 - len(recent)  # the start of the stream: a keyframe every max_interval
-        q = (sum(recent) + missing / self.max_interval) / (self.window - 1)
-        r, q = 1.0 / self.target, min(q, 0.5)
+        """The delta-frame cost that, beside keyframes at the recent rate (`_key_rate`), averages to
+        the target."""
+        r, q = 1.0 / self.target, min(self._key_rate(), 0.5)
         return (r - q * self.key_share) / (1 - q)
 
     def _plan(self) -> float:
@@ -269,6 +282,17 @@ class RateControl:
         raised the scale, the scale raised the estimate, and keyframes came every other frame.)"""
         return (self.key_cost is not None and self._last_delta is not None
                 and self._last_delta >= self.key_cost * self.key_share)
+
+    def _affords_key(self) -> bool:
+        """The last ``window - 1`` frames spent so little that a keyframe now still keeps the window at
+        the target: spend the rest on an exact frame. Without it, delta frames that cannot spend their
+        plan (nothing moved, or thresholds already at their lowest scale) leave the held ratio above
+        the target: 8x held for 6x on a still clip (tests/test_rate.py). Weighed on what the frames
+        did cost, so it never fires while the deltas spend their plan."""
+        if not self.budget_key:
+            return False
+        recent = self._costs[-(self.window - 1):]
+        return sum(recent) + self.key_share <= (len(recent) + 1) / self.target
 
     def _wanted_scale(self, cost: float) -> float:
         """The threshold scale that should make the next delta frame cost ``cost`` (cost ~ scale^-beta
