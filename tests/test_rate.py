@@ -149,6 +149,20 @@ def test_budget_left_over_buys_a_keyframe(toy: nn.Module, mode: str) -> None:
     assert min(off.window_ratios()) > 1.1 * 6.0 and "budget" not in off.reasons
 
 
+def test_a_loose_target_keys_more_often_and_still_holds_its_cost(toy: nn.Module) -> None:
+    """At 2x a keyframe every 3 frames leaves each delta frame a quarter of a keyframe, so the
+    controller keys every 3 frames, not every 8, and still holds every window; at 4x no interval
+    below 8 leaves that much, so it keys every 8. Broken against: the interval rule ignored (every
+    8), and the plan's keyframe rate taken from ``max_interval`` (the windows drift off 2x)."""
+    frames = squares_clip(96)
+    rc = RateControl(2.0, max_interval=8, scene_cut=None, budget_key=False)
+    costs_of(toy, frames, rc)
+    assert rc.interval == 3 and [i for i, k in enumerate(rc.keys) if k][:4] == [0, 3, 6, 9]
+    assert all(abs(w / 2.0 - 1) <= 0.10 for w in rc.window_ratios()), rc.window_ratios()
+    assert RateControl(4.0, max_interval=8).interval == 8
+    assert RateControl(2.0, max_interval=8, min_delta=None).interval == 8
+
+
 def test_the_whole_stream_lands_on_the_target_from_its_first_frame(toy: nn.Module) -> None:
     """Moving squares at 5x, a keyframe every 8 frames: the first window and the whole clip land
     within 2% of the target. Broken against: the keyframe rate counted over the last 31 frames

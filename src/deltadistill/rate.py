@@ -14,7 +14,11 @@ included), and the controller
   scale^-beta, its slope fitted online). Measured on selfie over four videos (BENCHMARKS.md note
   33), top-k held every 32-frame window within 10% where the scaled thresholds strayed up to 16%
   on bikes, at the same or better accuracy;
-* runs a keyframe at a scene cut, after ``max_interval`` frames, when the last delta frame cost
+* keys every `interval` frames: the shortest interval that still leaves each delta frame
+  ``min_delta`` of a keyframe's cost, at most ``max_interval``. Measured over a grid of
+  intervals and shares (BENCHMARKS.md note 34), the best points had short intervals and delta
+  frames at about a quarter of a keyframe's MACs: a long interval loses more than its deltas win;
+* also runs a keyframe at a scene cut, when the last delta frame cost
   about as much as a keyframe (``key_cost``; under top-k, estimated at the calibrated thresholds),
   or when the window has budget left for one (``budget_key``: delta frames that cost less than
   planned, because little moved or they sit at their floor, leave room for an exact frame);
@@ -99,7 +103,8 @@ class RateControl:
 
     def __init__(self, target: float | str, *, mode: str = "topk", window: int = 32, max_interval: int = 8,
                  scene_cut: float | None = 0.15, key_cost: float | None = 0.9, max_scale: float = 64.0,
-                 gain: float = 0.125, max_step: float = 0.5, smooth: float = 1.0, budget_key: bool = True) -> None:
+                 gain: float = 0.125, max_step: float = 0.5, smooth: float = 1.0, budget_key: bool = True,
+                 min_delta: float | None = 0.25) -> None:
         """``smooth`` < 1 moves the scale only that share of the way to the frame's plan: the cost then
         follows the motion more, as a fixed threshold's does, and the windows stray further."""
         if mode not in MODES:
@@ -109,10 +114,11 @@ class RateControl:
         self.target = parse_target(target)
         self.options = {"mode": mode, "window": window, "max_interval": max_interval, "scene_cut": scene_cut,
                         "key_cost": key_cost, "max_scale": max_scale, "gain": gain, "max_step": max_step,
-                        "smooth": smooth, "budget_key": budget_key}
+                        "smooth": smooth, "budget_key": budget_key,
+                        "min_delta": min_delta}
         self.mode, self.window, self.max_interval = mode, window, max_interval
         self.scene_cut, self.key_cost, self.max_scale, self.gain = scene_cut, key_cost, max_scale, gain
-        self.max_step, self.smooth, self.budget_key = max_step, smooth, budget_key
+        self.max_step, self.smooth, self.budget_key, self.min_delta = max_step, smooth, budget_key, min_delta
         self.model: nn.Module | None = None
         self.students: list[SparseStudent] = []
         self.report: MacReport | None = None
@@ -227,7 +233,7 @@ class RateControl:
                and float(frame_change(self._prev, frame).mean()) > self.scene_cut)
         self._prev = frame.detach().clone()
         reason = ("first" if step == 0 or not self.costs else "cut" if cut
-                  else "interval" if self._since + 1 >= self.max_interval else "")
+                  else "interval" if self._since + 1 >= self.interval else "")
         plan = self._plan()
         if not reason and self._needs_key():
             reason = "cost"
@@ -248,17 +254,34 @@ class RateControl:
         self._pending = key
         return key
 
+    @property
+    def interval(self) -> int:
+        """The keyframe interval the target is played at: the shortest that leaves each delta frame
+        at least ``min_delta`` of a keyframe's cost, and at most ``max_interval``. Why not always the
+        longest: the rival (the teacher every few frames, repeated) is this controller with delta
+        frames that compute nothing, and over a grid of intervals and top-k shares the points
+        nearest it or above it had short intervals and delta frames at about a quarter of a
+        keyframe (note 34: centernet on the static camera at 2x, 0.959 at K=3 against 0.893 at
+        K=8)."""
+        if self.min_delta is None:
+            return self.max_interval
+        r, key = 1.0 / self.target, self.key_share
+        for i in range(2, self.max_interval):
+            if (i * r - key) / (i - 1) >= self.min_delta * key:
+                return i
+        return self.max_interval
+
     def _key_rate(self) -> float:
         """Keyframes per frame, from the spacing of those in the last ``window - 1`` frames (cuts
-        included): ``n`` keyframes over the span from the first to the last, plus one
-        ``max_interval`` (exact for keyframes every ``max_interval`` frames, and one of them alone
+        included): ``n`` keyframes over the span from the first to the last, plus one `interval`
+        (exact for keyframes every `interval` frames, and one of them alone
         gives that rate; two close together at the start of a stream do not read as a keyframe on
         every frame). Not their count over the window: 31 frames hold four keyframes every 8 frames
         in 7 phases of 8, a rate of 0.129 for 0.125, which left every delta frame at 6x about 9%
         under its budget (and the first window, where the stream's first frame counted beside an
         assumed rate, up to 60% under)."""
         at = [i for i, key in enumerate(self.keys[-(self.window - 1):]) if key]
-        return len(at) / (at[-1] - at[0] + self.max_interval) if at else 1.0 / self.max_interval
+        return len(at) / (at[-1] - at[0] + self.interval) if at else 1.0 / self.interval
 
     def _steady(self) -> float:
         """The delta-frame cost that, beside keyframes at the recent rate (`_key_rate`), averages to
