@@ -220,7 +220,10 @@ def _plot(rows: list[dict], curves: dict, png: Path) -> None:
 
 
 def _body(rows: list[dict], args) -> str:
-    lines = ["Cost is MACs, as a share of the teacher's with every keyframe counted (not time: see issue 19). "
+    lines = ["Rows made by `python benchmarks/bench_rate.py --teachers selfie` and `python benchmarks/bench_rate.py "
+             "--teachers centernet --targets 2,3,4,6` (resumable: each row is kept in the JSON as it ends), this "
+             "section and the figures by `--report-only`. "
+             "Cost is MACs, as a share of the teacher's with every keyframe counted (not time: see issue 19). "
              "Thresholds calibrated on the first 70% of carphone and bigbuckbunny; those two are scored on their "
              "last 30%, bikes and static-hands whole. `windows` is the ratio held over each 32-frame window "
              "(min-max; within 10% of the target means 0.9-1.1x it). `rival` is the teacher every K' frames "

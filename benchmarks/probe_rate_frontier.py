@@ -34,8 +34,10 @@ from deltadistill.tasks import task_for
 from deltadistill.video import default_videos, iter_frames
 
 try:
+    from _report import write_section
     from bench_rate import CUT, build, frames_of
 except ImportError:
+    from benchmarks._report import write_section
     from benchmarks.bench_rate import CUT, build, frames_of
 
 
@@ -127,6 +129,28 @@ def main() -> None:
             path.write_text(json.dumps({"rows": rows, "rivals": rivals}, indent=1))
     path.write_text(json.dumps({"rows": rows, "rivals": rivals}, indent=1))
     plot(rows, rivals, path.with_suffix(".png"))
+    write_section("rate-frontier", "Rate control's frontier: every keyframe interval and top-k share against "
+                  "the rival (issue 20)", body(rows, path))
+
+
+MADE_BY = ('Rows made by `python benchmarks/probe_rate_frontier.py` (selfie, the default grid; the near-decision rows with'
+           ' `--band 0.45 --dilate 8 --intervals 2,3,4,8 --keeps 0.05,0.2`, stopped at its time limit after K=3) and `--teacher centernet --intervals 3,4,8 --keeps 0.05,0.2`; the JSON keeps every row. ')
+
+
+def body(rows: list[dict], path: Path) -> str:
+    """The grid as a table, best margin first within each teacher and video."""
+    lines = [f"{MADE_BY}Each row is the sparse model of `bench_rate.py` run over the whole clip at a fixed keyframe "
+             "interval K (scene cuts keyed too) with the same top-k share in every sparse layer: a corner of "
+             "what a rate controller can choose. `rival` is the teacher every K' frames, repeated, at the same "
+             "MAC cost (interpolated in 1/cost); `needed` is the margin a report asks (`rival.margin_needed`). "
+             f"Figure: `{path.with_suffix('.png').name}`.", "",
+             "| teacher | video | placement | K | keep | fewer MACs | accuracy | rival | margin (needed) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["teacher"], r["video"], r["placement"], r["k"], r["keep"])):
+        lines.append(f"| {r['teacher']} | {r['video']} | {r['placement']} | {r['k']} | {r['keep']:g} | "
+                     f"{r['ratio']:.2f}x | {r['accuracy']:.3f} | {r['rival']:.3f} | {r['accuracy'] - r['rival']:+.3f} "
+                     f"({margin_needed(r['rival']):+.3f}) |")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], rivals: dict, png: Path) -> None:
