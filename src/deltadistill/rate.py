@@ -17,11 +17,12 @@ included), and the controller
 * keys every `interval` frames: the shortest interval that still leaves each delta frame
   ``min_delta`` of a keyframe's cost, at most ``max_interval``. Measured over a grid of
   intervals and shares (BENCHMARKS.md note 34), the best points had short intervals and delta
-  frames at about a quarter of a keyframe's MACs: a long interval loses more than its deltas win;
-* also runs a keyframe at a scene cut, when the last delta frame cost
-  about as much as a keyframe (``key_cost``; under top-k, estimated at the calibrated thresholds),
-  or when the window has budget left for one (``budget_key``: delta frames that cost less than
-  planned, because little moved or they sit at their floor, leave room for an exact frame);
+  frames at about a quarter of a keyframe's MACs (on bikes, fast motion with cuts, the longest
+  interval did better: there a delta frame is worth more than a repeated keyframe);
+* also runs a keyframe at a scene cut, when the last delta frame cost about as much as a keyframe
+  (``key_cost``; under top-k, estimated at the calibrated thresholds), or when the window has
+  budget left for one (``budget_key``: delta frames that cost less than planned, because little
+  moved or they sit at their floor, leave room for an exact frame);
   every keyframe is counted in the held cost.
 
 Cost is multiply-accumulates measured frame by frame (`macs.measured_delta_macs`), as a share of
@@ -273,10 +274,10 @@ class RateControl:
 
     def _key_rate(self) -> float:
         """Keyframes per frame, from the spacing of those in the last ``window - 1`` frames (cuts
-        included): ``n`` keyframes over the span from the first to the last, plus one `interval`
-        (exact for keyframes every `interval` frames, and one of them alone
-        gives that rate; two close together at the start of a stream do not read as a keyframe on
-        every frame). Not their count over the window: 31 frames hold four keyframes every 8 frames
+        included): ``n`` keyframes over the span from the first to the last, plus one `interval`.
+        That is exact for keyframes every `interval` frames, one alone gives that rate, and two
+        close together at the start of a stream do not read as a keyframe on every frame. Not
+        their count over the window: 31 frames hold four keyframes every 8 frames
         in 7 phases of 8, a rate of 0.129 for 0.125, which left every delta frame at 6x about 9%
         under its budget (and the first window, where the stream's first frame counted beside an
         assumed rate, up to 60% under)."""
