@@ -180,6 +180,15 @@ def _fixed_at(rows: list[dict], r: dict) -> float | None:
     return _interp(pts, r["ratio"])
 
 
+def cost_axis(ax, right: float) -> None:
+    """The x axis every rate figure shares: cost ratio against the teacher, log scale, 1.5x-6x ticks."""
+    ax.set_xscale("log")
+    ax.set_xlim(1.3, right)
+    ax.set_xticks([1.5, 2, 3, 4, 6])
+    ax.set_xticklabels(["1.5x", "2x", "3x", "4x", "6x"])
+    ax.set_xlabel("fewer MACs than the teacher (keyframes counted)")
+
+
 def _plot(rows: list[dict], curves: dict, png: Path) -> None:
     import matplotlib
 
@@ -205,11 +214,7 @@ def _plot(rows: list[dict], curves: dict, png: Path) -> None:
                     if pts:
                         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, color=c, ms=5,
                                 label=f"controller ({mode}), K<={k}")
-            ax.set_xscale("log")
-            ax.set_xlim(1.3, 8)
-            ax.set_xticks([1.5, 2, 3, 4, 6])
-            ax.set_xticklabels(["1.5x", "2x", "3x", "4x", "6x"])
-            ax.set_xlabel("fewer MACs than the teacher (keyframes counted)")
+            cost_axis(ax, 8)
             ax.set_ylabel(mine[0]["metric"])
             ax.set_title(f"{name}, {vid}")
             ax.grid(alpha=0.3)

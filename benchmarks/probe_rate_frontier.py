@@ -35,10 +35,10 @@ from deltadistill.video import default_videos, iter_frames
 
 try:
     from _report import write_section
-    from bench_rate import CUT, build, frames_of
+    from bench_rate import CUT, build, cost_axis, frames_of
 except ImportError:
     from benchmarks._report import write_section
-    from benchmarks.bench_rate import CUT, build, frames_of
+    from benchmarks.bench_rate import CUT, build, cost_axis, frames_of
 
 
 def weighed(student, near: dict):
@@ -175,11 +175,7 @@ def plot(rows: list[dict], rivals: dict, png: Path) -> None:
                 if sel:
                     ax.plot([p[0] for p in sel], [p[1] for p in sel], marker + "-", color=c, ms=5, lw=0.8,
                             label=f"K={k}, top-k {placement}")
-        ax.set_xscale("log")
-        ax.set_xlim(1.3, 7)
-        ax.set_xticks([1.5, 2, 3, 4, 6])
-        ax.set_xticklabels(["1.5x", "2x", "3x", "4x", "6x"])
-        ax.set_xlabel("fewer MACs than the teacher (keyframes counted)")
+        cost_axis(ax, 7)
         ax.set_ylabel("accuracy against the teacher")
         ax.set_title(f"{key.replace('|', ', ')}: every K and top-k share")
         ax.grid(alpha=0.3)
