@@ -50,7 +50,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     body = [f"The demo's models (sparse students), frames {args.start}..{args.start + args.frames - 1} of `bikes`, "
             f"{args.threads} threads, teacher and delta model interleaved in one process. Bytes moved: every op's "
-            "reads and writes per frame, unfused (`deltadistill.traffic`); the last column is the speedup they "
+            "reads and writes per frame, unfused (`deltadistill.measure.traffic`); the last column is the speedup they "
             "allow a run bound by memory traffic.", "",
             "| teacher | K | backend | teacher ms | delta ms (amortised) | wall clock | MAC ratio | teacher MB | "
             "delta MB (amortised) | traffic allows | accuracy vs teacher |", "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -18,10 +18,10 @@ import torch
 import deltadistill as dd
 from deltadistill import teachers
 from deltadistill.apps.bench import evaluate_on_video
-from deltadistill.geometry import ConvGeometry
-from deltadistill.layer import DeltaConv2d
-from deltadistill.modes import delta_layers
-from deltadistill.students import CompressedStudent, bottleneck_width
+from deltadistill.core.geometry import ConvGeometry
+from deltadistill.core.layer import DeltaConv2d
+from deltadistill.core.modes import delta_layers
+from deltadistill.core.students import CompressedStudent, bottleneck_width
 from deltadistill.train.calibrate import delta_covariances
 from deltadistill.video import VideoClips, default_videos, iter_frames, video_info
 

@@ -13,7 +13,7 @@ import time
 import torch
 
 import deltadistill as dd
-from deltadistill.fold import fold_batchnorm
+from deltadistill.core.fold import fold_batchnorm
 from deltadistill.models import ResNetLike
 
 try:

@@ -2,7 +2,7 @@
 at equal time?
 
 For each teacher and video: the plain teacher on its fastest dense path (torch, onnxruntime and
-OpenVINO, at the input size and at the video's content size, `apps.fastest`), and the crop runtime
+OpenVINO, at the input size and at the video's content size, `runtime.fastest`), and the crop runtime
 (`runtime.crop.CropStream` on OpenVINO) at a grid of thresholds and margins, each interleaved with
 the OpenVINO teacher over the same frames in one process. Every row gives the measured amortised
 time against the fastest dense teacher, the accuracy against the teacher, the rival (the teacher
@@ -21,7 +21,7 @@ import torch
 import deltadistill as dd
 from deltadistill.apps.bench import evaluate_on_video
 from deltadistill.apps.report import speed_words
-from deltadistill.rival import repeat_at_keys
+from deltadistill.measure.rival import repeat_at_keys
 from deltadistill.stream import keyframe_flags
 from deltadistill.tasks import task_for
 from deltadistill.video import default_videos
@@ -67,8 +67,8 @@ class _PlanOnly:
 def predict(teacher, video, cfg: dict, k: int, frames: int, scene_cut: float, fastest_ms: float) -> dict:
     """The go/no-go estimate, from the plan alone: each delta frame costs the OpenVINO time of the
     crop shapes it would run (each shape timed once, alone), a keyframe the OpenVINO teacher's."""
-    from deltadistill.apps.fastest import dense_runner, median_ms
     from deltadistill.runtime.crop import CropStream
+    from deltadistill.runtime.fastest import dense_runner, median_ms
     from deltadistill.stream import SceneCut
     from deltadistill.video import iter_frames
 

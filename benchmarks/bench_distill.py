@@ -15,7 +15,7 @@ import torch
 import deltadistill as dd
 from deltadistill import teachers
 from deltadistill.apps.bench import evaluate_on_video
-from deltadistill.layer import DeltaConv2d
+from deltadistill.core.layer import DeltaConv2d
 from deltadistill.video import VideoClips, default_videos
 
 try:
@@ -29,7 +29,7 @@ def layer_errors(model: torch.nn.Module, clips: VideoClips, n: int, against_teac
     """Per layer, mean over held-out clips of ||pred - true||^2 / ||true||^2, where true is the
     teacher's own feature delta (``against_teacher``, what training targets) or W(x_t - x_k) on the
     layer's own, reconstructed input (the local error)."""
-    dd.modes.record_true_delta(model)
+    dd.core.modes.record_true_delta(model)
     model.eval()
     sums: dict[str, float] = {}
     for i in range(n):
@@ -43,7 +43,7 @@ def layer_errors(model: torch.nn.Module, clips: VideoClips, n: int, against_teac
             if isinstance(layer, DeltaConv2d):
                 t, p = layer.last_true_delta, layer.last_pred_delta
                 sums[name] = sums.get(name, 0.0) + float((p - t).pow(2).mean() / (t.pow(2).mean() + 1e-12)) / n
-    dd.modes.record_true_delta(model, False)
+    dd.core.modes.record_true_delta(model, False)
     return sums
 
 

@@ -1,4 +1,4 @@
-"""Is our OpenVINO figure OpenVINO's own? The teacher's exported file timed by `apps.fastest` (f32,
+"""Is our OpenVINO figure OpenVINO's own? The teacher's exported file timed by `runtime.fastest` (f32,
 latency hint, one stream, 2 threads) beside a standalone `benchmark_app` run of the same file with
 the same settings. Issue 19 asks them to agree within 10%.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 import deltadistill as dd
-from deltadistill.apps.fastest import dense_runner, median_ms
 from deltadistill.runtime.cache import cache_dir, fingerprint
+from deltadistill.runtime.fastest import dense_runner, median_ms
 
 try:
     from _report import write_section
@@ -49,7 +49,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     write_section("openvino-check", "OpenVINO: our timing against benchmark_app on the same file (issue 19)",
                   "The plain teacher exported by `export_plain_onnx`, compiled at f32 with the latency hint, one "
-                  "stream and 2 threads, timed by `apps.fastest` (from Python, with the copy of the outputs) and by "
+                  "stream and 2 threads, timed by `runtime.fastest` (from Python, with the copy of the outputs) and by "
                   "OpenVINO's `benchmark_app` with the same settings.\n\n" + "\n".join(rows))
 
 

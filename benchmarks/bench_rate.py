@@ -27,10 +27,10 @@ import torch
 from tqdm import tqdm
 
 import deltadistill as dd
-from deltadistill.macs import count_macs, measured_delta_macs
-from deltadistill.rate import RateControl, TargetError, sparse_students
-from deltadistill.rival import repeat_at_keys, rival_equal_macs
+from deltadistill.core.macs import count_macs, measured_delta_macs
+from deltadistill.measure.rival import repeat_at_keys, rival_equal_macs
 from deltadistill.stream import SceneCut, frame_change, keyframe_flags
+from deltadistill.stream.rate import RateControl, TargetError, sparse_students
 from deltadistill.tasks import task_for
 from deltadistill.video import VideoClips, default_videos, iter_frames, video_info
 

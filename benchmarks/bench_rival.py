@@ -20,7 +20,7 @@ import torch
 import deltadistill as dd
 from deltadistill.apps.bench import evaluate_on_video
 from deltadistill.apps.report import speed_words
-from deltadistill.teacher_resolve import parse_size, resolve_teacher
+from deltadistill.teachers.resolve import parse_size, resolve_teacher
 from deltadistill.video import VideoClips, default_videos, video_info
 
 try:
@@ -199,7 +199,7 @@ def _ends(model: torch.nn.Module) -> set[str]:
 
 def _score_by(norm: str) -> None:
     """Make sparse students and `sparsify` score pixels by the root mean square or the max of |delta|."""
-    import deltadistill.students as students
+    import deltadistill.core.students as students
     import deltadistill.train.calibrate as calibrate
 
     def scores(delta: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -213,7 +213,7 @@ def _score_by(norm: str) -> None:
 def _quantise_deltas(bits: int, per: str) -> None:
     """Make sparse students send ``round(delta / s) * s`` with ``bits``-bit levels; ``s`` from the max |delta|
     of the whole map (per frame and layer) or of each pixel. MACs are counted as before."""
-    import deltadistill.students as students
+    import deltadistill.core.students as students
 
     levels = 2 ** (bits - 1) - 1
     plain = students.SparseStudent.forward

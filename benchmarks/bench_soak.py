@@ -1,6 +1,6 @@
 """Soak: 10,000 frames through the selfie demo model (run the demo first), for memory, drift and speed.
 
-`bikes` is played forwards and backwards at the model's input size; see `deltadistill.soak`.
+`bikes` is played forwards and backwards at the model's input size; see `deltadistill.measure.soak`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 from deltadistill import teachers
 from deltadistill.apps.bench import load_delta_model
-from deltadistill.soak import soak
+from deltadistill.measure.soak import soak
 from deltadistill.video import default_videos, iter_frames
 
 try:

@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import deltadistill as dd
-from deltadistill.apps.fastest import dense_runner, fastest_dense, median_ms
-from deltadistill.rival import repeat_at_keys
+from deltadistill.measure.rival import repeat_at_keys
 from deltadistill.runtime.crop import find_graph
+from deltadistill.runtime.fastest import dense_runner, fastest_dense, median_ms
 from deltadistill.runtime.regions import active_tiles
 from deltadistill.tasks import task_for
 from deltadistill.video import default_videos, iter_frames

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_core.py", "bench_compile.py", "profile_delta_frame.py", "bench_calibrate.py", "bench_distill.py"]
+SCRIPTS = ["bench_core.py", "bench_compile.py", "probes/profile_delta_frame.py", "bench_calibrate.py", "bench_distill.py"]
 
 if __name__ == "__main__":
     for script in SCRIPTS:

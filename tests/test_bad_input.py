@@ -76,7 +76,7 @@ def places(tmp_path_factory) -> dict[str, str]:
     (root / "full" / "x.json").write_text("a file, not a directory")
     teacher = teachers.load("selfie")
     model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse"))
-    for _, layer in dd.modes.delta_layers(model):
+    for _, layer in dd.core.modes.delta_layers(model):
         layer.students["sparse"].threshold.fill_(0.1)
     dd.save(dd.deploy(model), root / "selfie_model", extra={"teacher": "selfie"})
     (root / "text.onnx").write_text("not a graph\n")

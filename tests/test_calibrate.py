@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import deltadistill as dd
-from deltadistill.geometry import ConvGeometry
-from deltadistill.layer import DeltaConv2d
-from deltadistill.modes import delta_layers
-from deltadistill.students import CompressedStudent
+from deltadistill.core.geometry import ConvGeometry
+from deltadistill.core.layer import DeltaConv2d
+from deltadistill.core.modes import delta_layers
+from deltadistill.core.students import CompressedStudent
 from deltadistill.train.calibrate import _hull, _patch_covariance, allocate
 
 from .conftest import make_video, trained_bn
@@ -171,7 +171,7 @@ def test_output_aware_allocation_gives_the_cancelled_layer_the_cheapest_student(
 def test_output_sensitivity_predicts_each_layers_real_output_error(tiny: nn.Module) -> None:
     """First order and unbiased: the estimate of ||J (W d - g(d))||^2 matches the error measured by
     swapping in that one student, for zero, kernel-split and sparse students alike."""
-    from deltadistill.students import SparseStudent, ZeroStudent
+    from deltadistill.core.students import SparseStudent, ZeroStudent
     from deltadistill.train.calibrate import delta_covariances
     from deltadistill.train.sensitivity import output_sensitivity
 
@@ -212,7 +212,7 @@ def test_output_sensitivity_predicts_each_layers_real_output_error(tiny: nn.Modu
 
 
 def test_distillation_raises_the_recovered_share() -> None:
-    from deltadistill.recovery import recovered_share
+    from deltadistill.measure.recovery import recovered_share
 
     torch.manual_seed(0)
     teacher = trained_bn(dd.models.TinySegNet())

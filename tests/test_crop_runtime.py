@@ -15,9 +15,9 @@ from torch import nn
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from deltadistill.apps.fastest import content_size, fastest_dense  # noqa: E402
-from deltadistill.rival import rival_equal_time  # noqa: E402
+from deltadistill.measure.rival import rival_equal_time  # noqa: E402
 from deltadistill.runtime.crop import CropError, CropStream  # noqa: E402
+from deltadistill.runtime.fastest import content_size, fastest_dense  # noqa: E402
 from deltadistill.runtime.regions import Box, active_tiles, plan_crops  # noqa: E402
 from deltadistill.teachers import from_onnx  # noqa: E402
 

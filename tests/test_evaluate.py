@@ -37,7 +37,7 @@ def test_a_compiled_comparison_still_measures_what_sparse_delta_frames_cost(tiny
     torch._dynamo.reset()
     teacher = trained_bn(tiny)
     model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse"))
-    for _, layer in dd.modes.delta_layers(model):
+    for _, layer in dd.core.modes.delta_layers(model):
         layer.students["sparse"].threshold.fill_(0.05)
     dd.deploy(model)
     macs = dd.count_macs(model, (3, 32, 32))

@@ -66,7 +66,7 @@ def test_clip_mode_matches_stream_and_exposes_deltas(tiny: TinySegNet) -> None:
     video = make_video(frames=4, batch=2)
     dd.convert(tiny, dd.DeltaConfig(student="compressed"))
     clip = torch.stack(video, 1)  # (N, T, C, H, W)
-    dd.modes.record_true_delta(tiny)
+    dd.core.modes.record_true_delta(tiny)
     tiny.eval()
     with torch.no_grad(), dd.mode(tiny, "clip", clip_len=4):
         out = tiny(clip.flatten(0, 1)).view(2, 4, *clip.shape[2:])
@@ -81,7 +81,7 @@ def test_clip_mode_matches_stream_and_exposes_deltas(tiny: TinySegNet) -> None:
 def test_true_delta_is_teacher_feature_difference(tiny: TinySegNet) -> None:
     """last_true_delta == z_t - z_k of the teacher conv, computed on that layer's own input."""
     dd.convert(tiny, dd.DeltaConfig(student="compressed"))
-    dd.modes.record_true_delta(tiny)
+    dd.core.modes.record_true_delta(tiny)
     layer = tiny.block2.conv1
     seen = {}
     layer.register_forward_hook(lambda m, i, o: seen.setdefault("x", i[0].detach()))
@@ -129,7 +129,7 @@ def test_true_delta_uses_the_teachers_own_features_after_a_teacher_pass(tiny: Ti
     """As in training: a teacher pass over the clip, then the clip pass. The target is z_t - z_k of the
     teacher's own features, not W(x_t - x_k) on inputs that upstream students already distorted."""
     dd.convert(tiny, dd.DeltaConfig(student="compressed"))
-    dd.modes.record_true_delta(tiny)
+    dd.core.modes.record_true_delta(tiny)
     clip = torch.cat(make_video(frames=3))
     layer = tiny.block2.conv1
     seen = {}

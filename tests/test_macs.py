@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import deltadistill as dd
-from deltadistill.macs import flop_counter_macs
+from deltadistill.core.macs import flop_counter_macs
 from deltadistill.models import ResNetLike, TinySegNet
 from tests.conftest import make_video
 
@@ -67,7 +67,7 @@ def test_summary_lists_converted_and_skipped_with_macs(tiny: TinySegNet) -> None
 
 
 def test_bytes_moved_count_every_op_once_and_views_not_at_all() -> None:
-    from deltadistill.traffic import measure_traffic
+    from deltadistill.measure.traffic import measure_traffic
 
     conv = torch.nn.Conv2d(4, 8, 1)
     model = dd.deploy(dd.convert(torch.nn.Sequential(conv), dd.DeltaConfig(student="full", targets=["0"])))

@@ -31,11 +31,11 @@ def places(tmp_path_factory) -> dict[str, str]:
     """``M``: a selfie checkpoint (its teacher needs no onnx); ``E``: an export of a small imported
     graph's model (exports in seconds); ``N``: that graph's .onnx file; ``V``: a real video."""
     from deltadistill.runtime.resolve import export_dir
-    from deltadistill.teacher_resolve import teacher_record
+    from deltadistill.teachers.resolve import teacher_record
 
     root = tmp_path_factory.mktemp("extras")
     selfie = dd.convert(copy.deepcopy(teachers.load("selfie")), dd.DeltaConfig(student="sparse"))
-    for _, layer in dd.modes.delta_layers(selfie):
+    for _, layer in dd.core.modes.delta_layers(selfie):
         layer.students["sparse"].threshold.fill_(0.1)
     dd.save(dd.deploy(selfie), root / "selfie_model", extra={"teacher": "selfie"})
     _small_dynamic_net(root / "net.onnx")

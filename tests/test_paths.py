@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import deltadistill as dd
-from deltadistill.geometry import ConvGeometry
-from deltadistill.modes import delta_layers
-from deltadistill.students import STUDENTS, FullStudent, Student
+from deltadistill.core.geometry import ConvGeometry
+from deltadistill.core.modes import delta_layers
+from deltadistill.core.students import STUDENTS, FullStudent, Student
 
 from .conftest import make_video, trained_bn
 

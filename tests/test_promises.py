@@ -18,8 +18,8 @@ import torch
 
 import deltadistill as dd
 from deltadistill import teachers
-from deltadistill.macs import count_macs
-from deltadistill.modes import delta_layers
+from deltadistill.core.macs import count_macs
+from deltadistill.core.modes import delta_layers
 from deltadistill.video import VideoWriter, default_videos, iter_frames
 
 from .test_demo import cli
@@ -32,7 +32,7 @@ CUT_AT = 30  # bikes cuts to another shot at frame 30 (and four more times; see 
 def small_selfie(tmp_path_factory) -> tuple[torch.nn.Module, torch.nn.Module, Path]:
     """selfie at 64x64 with sparse students at one fixed threshold (no calibration), deployed and
     saved with what it records of its teacher: (teacher, model, model directory)."""
-    from deltadistill.teacher_resolve import teacher_record
+    from deltadistill.teachers.resolve import teacher_record
 
     teacher = teachers.load("selfie", input_size=SMALL)
     model = dd.convert(copy.deepcopy(teacher), dd.DeltaConfig(student="sparse"))

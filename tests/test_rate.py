@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 
 import deltadistill as dd
-from deltadistill.macs import count_macs, measured_delta_macs
-from deltadistill.modes import delta_layers
-from deltadistill.rate import RateControl, TargetError, parse_target, sparse_students
+from deltadistill.core.macs import count_macs, measured_delta_macs
+from deltadistill.core.modes import delta_layers
+from deltadistill.stream.rate import RateControl, TargetError, parse_target, sparse_students
 
 from .conftest import trained_bn
 

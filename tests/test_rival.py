@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from deltadistill.rival import equal_mac_interval, margin_needed, repeat_keyframes, rival_at, rival_equal_macs
+from deltadistill.measure.rival import (
+    equal_mac_interval,
+    margin_needed,
+    repeat_keyframes,
+    rival_at,
+    rival_equal_macs,
+)
 
 
 def test_repeat_keyframes_holds_every_kth_prediction() -> None:
@@ -45,7 +51,7 @@ def test_rival_equal_macs_on_a_hand_computed_case() -> None:
 
 
 def test_rival_under_the_models_policy_is_interpolated_in_its_keyframe_share() -> None:
-    from deltadistill.rival import repeat_at_keys
+    from deltadistill.measure.rival import repeat_at_keys
     from deltadistill.stream import keyframe_flags
 
     preds = list(range(12))  # every frame differs from every other

@@ -15,7 +15,7 @@ import torch
 import deltadistill as dd
 from deltadistill import teachers
 from deltadistill.apps.demo import PLANS
-from deltadistill.modes import delta_layers
+from deltadistill.core.modes import delta_layers
 from deltadistill.runtime import export_onnx, read_manifest
 from deltadistill.runtime.onnx_stream import OnnxStream
 from deltadistill.video import VideoClips, VideoWriter, default_videos, iter_frames
@@ -64,7 +64,7 @@ def assert_same_stream(model: torch.nn.Module, onnx_dir: Path, frames: list[torc
         want, got = torch_stream(x), ort_stream(x)
         want = want if isinstance(want, tuple) else (want,)
         got = got if isinstance(got, tuple) else (got,)
-        with torch.no_grad(), dd.modes.mode(teacher, "teacher"):
+        with torch.no_grad(), dd.core.modes.mode(teacher, "teacher"):
             plain = teacher(x)
         plain = plain if isinstance(plain, tuple) else (plain,)
         plain_ort = ort_stream.key_session.run(None, {"frame": x.numpy()})[:len(plain)]
@@ -180,7 +180,7 @@ def test_run_detections_are_in_source_pixels_and_the_teacher_runs_alone(tmp_path
 def test_export_cli_refuses_to_overwrite_and_run_refuses_bad_input(tmp_path: Path) -> None:
     """On a small imported ONNX teacher (the command is the same for any model, and it exports in
     seconds): export, refuse to export over it, and refuse to run an export on the torch backend."""
-    from deltadistill.teacher_resolve import teacher_record
+    from deltadistill.teachers.resolve import teacher_record
 
     from .test_onnx_import import _small_dynamic_net
 

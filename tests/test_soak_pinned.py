@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 import deltadistill as dd
-import deltadistill.soak as soak_module
-from deltadistill.soak import SoakResult, soak
+import deltadistill.measure.soak as soak_module
+from deltadistill.measure.soak import SoakResult, soak
 from deltadistill.stream import DeltaStream
 from tests.conftest import trained_bn
 
@@ -145,7 +145,7 @@ def sparse_model() -> nn.Module:
     """The model of the long-stream test in tests/test_stream_and_errors.py: deployed sparse students."""
     torch.manual_seed(0)
     model = dd.deploy(dd.convert(trained_bn(dd.models.TinySegNet()), dd.DeltaConfig(student="sparse")))
-    for _, layer in dd.modes.delta_layers(model):
+    for _, layer in dd.core.modes.delta_layers(model):
         layer.student.threshold.fill_(0.02)
     return model
 

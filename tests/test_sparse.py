@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import deltadistill as dd
-from deltadistill.geometry import ConvGeometry
-from deltadistill.macs import has_measured_macs, measured_delta_macs
-from deltadistill.modes import delta_layers
-from deltadistill.students import SparseStudent
+from deltadistill.core.geometry import ConvGeometry
+from deltadistill.core.macs import has_measured_macs, measured_delta_macs
+from deltadistill.core.modes import delta_layers
+from deltadistill.core.students import SparseStudent
 
 from .conftest import make_video, trained_bn
 
@@ -205,7 +205,7 @@ def test_a_running_reference_stays_within_the_threshold_of_each_input_while_drif
                                         (nn.Conv2d(4, 8, 3, padding=1, groups=4), (9 + 9 + 4) * 2),
                                         (nn.Conv2d(4, 6, 3, stride=2, padding=1), (1 + 4 + 1) * 6)])
 def test_element_macs_count_each_nonzero_times_the_weights_that_reach_an_output(conv: nn.Conv2d, count: int) -> None:
-    from deltadistill.students import element_macs
+    from deltadistill.core.students import element_macs
     mask = torch.zeros(1, 4, 6, 6, dtype=torch.bool)
     mask[0, 0, 2, 2] = mask[0, 3, 3, 3] = True  # interior: 9 windows with a 3x3 kernel (1 and 4 at stride 2)
     mask[0, 1, 0, 0] = True  # a corner: 4 windows with padding 1 (1 at stride 2)
@@ -219,7 +219,7 @@ def test_element_macs_count_each_nonzero_times_the_weights_that_reach_an_output(
 
 
 def test_element_student_drops_single_channels_and_is_exact_at_threshold_zero() -> None:
-    from deltadistill.students import ElementSparseStudent
+    from deltadistill.core.students import ElementSparseStudent
     torch.manual_seed(5)
     conv = nn.Conv2d(4, 6, 3, padding=1)
     student = ElementSparseStudent.from_teacher(conv, dd.DeltaConfig(), threshold=0.0)

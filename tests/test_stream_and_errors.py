@@ -98,8 +98,9 @@ def test_unsupported_layer_named_explicitly_is_refused() -> None:
         dd.convert(nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1, groups=8)), dd.DeltaConfig(student="compressed", targets=["0"]))
     with pytest.raises(ValueError, match="matched no layer"):
         dd.convert(net, dd.DeltaConfig(targets="nothing_here"))
-    with pytest.raises(ValueError, match="unknown student"):
-        dd.DeltaConfig(student="magic")
+    with pytest.raises(ValueError, match="unknown student"):  # the registry checks names at conversion
+        dd.convert(net, dd.DeltaConfig(student="magic"))
+    assert not any(isinstance(m, dd.DeltaConv2d) for m in net.modules())  # and nothing was converted
 
 
 def test_broad_targets_skip_unconvertible_layers_with_a_reason() -> None:
@@ -212,7 +213,7 @@ def test_streams_on_one_model_from_several_threads_give_what_each_gives_alone(ti
     import threading
 
     model = dd.deploy(dd.convert(copy.deepcopy(tiny), dd.DeltaConfig(student="sparse")))
-    for _, layer in dd.modes.delta_layers(model):
+    for _, layer in dd.core.modes.delta_layers(model):
         layer.student.threshold.fill_(0.05)
     clips = [make_video(frames=10, size=32, seed=s) for s in range(4)]
     alone = []
@@ -266,10 +267,10 @@ def test_a_tampered_checkpoint_is_refused_in_one_line(tiny, tmp_path, damage: st
 
 def test_a_long_stream_keeps_memory_error_and_time_flat(tiny) -> None:
     """The short form of benchmarks/bench_soak.py (10,000 frames there)."""
-    from deltadistill.soak import soak
+    from deltadistill.measure.soak import soak
 
     model = dd.deploy(dd.convert(copy.deepcopy(tiny), dd.DeltaConfig(student="sparse")))
-    for _, layer in dd.modes.delta_layers(model):
+    for _, layer in dd.core.modes.delta_layers(model):
         layer.student.threshold.fill_(0.02)
     frames = make_video(frames=12, size=32, seed=7)
     # 12 frames back and forth: a cycle of 22, so with K=4 the stream repeats itself every 44 frames, and
@@ -302,7 +303,7 @@ def test_scene_cut_guard_on_real_clips_joined_end_to_end_and_silent_within_a_sho
         y = stream(x)
         keys.append(bool(stream.last_key))
         if t == 10:
-            with torch.no_grad(), dd.modes.mode(model, "teacher"):
+            with torch.no_grad(), dd.core.modes.mode(model, "teacher"):
                 assert torch.equal(y, model(x))  # the first frame of the new shot is the teacher's
     assert [t for t, k in enumerate(keys) if k] == [0, 8, 10, 18]
     for name in ("carphone_pristine", "bigbuckbunny"):

@@ -8,8 +8,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from deltadistill import DeltaConfig
-from deltadistill.geometry import ConvGeometry
-from deltadistill.students import STUDENTS, CompressedStudent, bottleneck_width
+from deltadistill.core.geometry import ConvGeometry
+from deltadistill.core.students import STUDENTS, CompressedStudent, bottleneck_width
 
 CONVS = {
     "3x3": nn.Conv2d(8, 16, 3, padding=1),

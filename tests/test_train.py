@@ -32,7 +32,7 @@ def fresh(student: str = "search", **kw) -> TinySegNet:
 
 def delta_error(model: TinySegNet, clip: torch.Tensor) -> float:
     """The distillation loss as training computes it: a teacher pass, then the clip pass."""
-    dd.modes.record_true_delta(model)
+    dd.core.modes.record_true_delta(model)
     with torch.no_grad(), dd.mode(model, "teacher"):
         model(clip)
     with torch.no_grad(), dd.mode(model, "clip", clip_len=clip.shape[0]):
@@ -77,7 +77,7 @@ def test_cost_model_against_hand_computed_costs_and_a_measured_delta_frame() -> 
     torch.manual_seed(0)
     model = dd.convert(ThreeByOnes(), dd.DeltaConfig(candidates=("zero", "compressed", "full"), reduction=4,
                                                      targets=["a", "b"]))
-    layers = [m for _, m in dd.modes.delta_layers(model)]
+    layers = [m for _, m in dd.core.modes.delta_layers(model)]
     for layer in layers:  # random gates
         layer.gate.logits.data.copy_(torch.randn(3))
     cost = CostModel(model, (8, 10, 10))
@@ -187,8 +187,8 @@ def test_torchrun_two_processes_agree(tmp_path) -> None:
     saved = load_file(str(out / "model" / "students.safetensors"))
     assert all(torch.equal(saved[k], w0[k]) for k in saved)
     # the same teacher and config as the CLI's, before any step: training must have moved the students
-    from deltadistill.config import DeltaConfig
-    from deltadistill.teacher_resolve import resolve_teacher
+    from deltadistill.core.config import DeltaConfig
+    from deltadistill.teachers.resolve import resolve_teacher
 
     config = DeltaConfig.from_json(json.loads((out / "model" / "deltadistill.json").read_text())["config"])
     config.targets = None

@@ -19,17 +19,27 @@ import os as _os
 # Set OMP_WAIT_POLICY yourself, or import torch first, to keep torch's default.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .checkpoint import CheckpointError, load, save  # noqa: E402
-from .config import DeltaConfig  # noqa: E402
-from .convert import ConversionReport, UnsupportedLayerError, convert  # noqa: E402
-from .deploy import deploy  # noqa: E402
-from .layer import DeltaConv2d, DeployedDeltaConv2d  # noqa: E402
-from .macs import MacReport, count_macs  # noqa: E402
-from .modes import mode, set_mode  # noqa: E402
-from .rate import RateControl  # noqa: E402
-from .stream import DeltaStream, EveryK, KeyframePolicy  # noqa: E402
-from .students import STUDENTS, Student, register_student  # noqa: E402
-from .summary import summary  # noqa: E402
+from .core import (  # noqa: E402
+    STUDENTS,
+    CheckpointError,
+    ConversionReport,
+    DeltaConfig,
+    DeltaConv2d,
+    DeployedDeltaConv2d,
+    MacReport,
+    Student,
+    UnsupportedLayerError,
+    convert,
+    count_macs,
+    deploy,
+    load,
+    mode,
+    register_student,
+    save,
+    set_mode,
+)
+from .measure import summary  # noqa: E402
+from .stream import DeltaStream, EveryK, KeyframePolicy, RateControl  # noqa: E402
 from .train import CalibrationResult, DistillResult, TuneResult, calibrate, distill, sparsify, tune_sparse  # noqa: E402
 
 __all__ = [
@@ -45,10 +55,10 @@ def __getattr__(name: str):
     """Load the heavier subpackages (teachers, video, metrics) only when first used."""
     import importlib
 
-    if name in ("teachers", "video", "metrics", "models", "runtime"):
+    if name in ("teachers", "video", "metrics", "models", "runtime", "measure", "apps", "train"):
         return importlib.import_module(f".{name}", __name__)
     lazy = {"export_onnx": ".runtime.export", "OnnxStream": ".runtime.onnx_stream", "run_video": ".runtime.run",
-            "CropStream": ".runtime.crop", "fastest_dense": ".apps.fastest"}
+            "CropStream": ".runtime.crop", "fastest_dense": ".runtime.fastest"}
     if name in lazy:  # onnx and onnxscript load only when an export or onnxruntime run is asked for
         return getattr(importlib.import_module(lazy[name], __name__), name)
     raise AttributeError(f"module 'deltadistill' has no attribute {name!r}")

@@ -18,23 +18,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import load, read_meta
-from ..config import DeltaConfig
-from ..convert import convert
-from ..deploy import deploy
-from ..layer import DeltaConv2d
-from ..macs import MacReport, count_macs, has_measured_macs, measured_delta_macs
-from ..rate import rate_policy
-from ..rival import rival_equal_macs, rival_equal_time
+from ..core.checkpoint import load, read_meta
+from ..core.config import DeltaConfig
+from ..core.convert import convert
+from ..core.deploy import deploy
+from ..core.layer import DeltaConv2d
+from ..core.macs import MacReport, count_macs, has_measured_macs, measured_delta_macs
+from ..measure.rival import rival_equal_macs, rival_equal_time
+from ..measure.traffic import measure_traffic
 from ..runtime.crop import CropStream
+from ..runtime.fastest import ENGINES, dense_runner, fastest_dense
 from ..stream import SceneCut, keyframe_flags
+from ..stream.rate import rate_policy
 from ..tasks import task_for
 from ..teachers.graph import conv_stats
-from ..traffic import measure_traffic
 from ..train.calibrate import calibrate, sparsify
 from ..video import VideoWriter, iter_frames, letterbox_share, side_by_side, video_info
 from .evaluate import Comparison, compare
-from .fastest import ENGINES, dense_runner, fastest_dense
 from .report import build_report
 
 

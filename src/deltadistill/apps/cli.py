@@ -37,7 +37,7 @@ TASK_HELP = ("imported graphs: map (score the output maps against the teacher's)
 def _teacher(name: str, input_size: Optional[str], value_range: Optional[str], task: Optional[str],
              video: Optional[Path] = None, model_dir: Optional[Path] = None):
     """The teacher, as given on the command line (and as a model directory records it)."""
-    from deltadistill.teacher_resolve import parse_range, parse_size, resolve_recorded, resolve_teacher
+    from deltadistill.teachers.resolve import parse_range, parse_size, resolve_recorded, resolve_teacher
 
     size, vr = parse_size(input_size), parse_range(value_range)
     if model_dir is not None:
@@ -201,8 +201,8 @@ def bench(
 ) -> None:
     """Teacher vs delta model on the same frames, in one process: MACs, ms, speedup, accuracy, consistency."""
     from deltadistill.apps.bench import calibrated_model, evaluate_on_video, load_delta_model, sparse_model
-    from deltadistill.apps.fastest import ENGINES
     from deltadistill.apps.report import table, write_json
+    from deltadistill.runtime.fastest import ENGINES
 
     try:
         from deltadistill.files import check_output_file
@@ -303,7 +303,7 @@ def export(
         t, name, m = _load_for_run(model, teacher)
         if m is None:
             raise ValueError(f"{model} is already an export")
-        from deltadistill.teacher_resolve import teacher_record
+        from deltadistill.teachers.resolve import teacher_record
 
         meta = {**teacher_record(t), "teacher": name, "task": getattr(t, "task", None),
                 "value_range": float(getattr(t, "input_range", 1.0))}
@@ -354,7 +354,7 @@ def run(
     from deltadistill.runtime.batch import run_many, video_list
     from deltadistill.runtime.resolve import cached_export, is_export
     from deltadistill.runtime.run import BACKENDS, run_video
-    from deltadistill.teacher_resolve import teacher_record
+    from deltadistill.teachers.resolve import teacher_record
 
     try:
         if backend not in BACKENDS:
@@ -363,7 +363,7 @@ def run(
         first = Path(videos[0]) if videos and Path(videos[0]).is_file() else None
         t, name, m = _load_for_run(model, teacher, input_size, value_range, task, video=first)
         if target is not None:  # before any export or output: a target the model cannot hold is one line
-            from deltadistill.rate import rate_policy
+            from deltadistill.stream.rate import rate_policy
 
             rate_policy(m, target, keyframe_interval, scene_cut or None, tuple(t.input_size),
                         backend != "torch" or runtime != "dense", {"mode": rate_mode})

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import save
-from ..config import DeltaConfig
-from ..convert import convert
-from ..deploy import deploy
-from ..rate import TargetError, parse_target
-from ..teacher_resolve import teacher_record
+from ..core.checkpoint import save
+from ..core.config import DeltaConfig
+from ..core.convert import convert
+from ..core.deploy import deploy
+from ..stream.rate import TargetError, parse_target
+from ..teachers.resolve import teacher_record
 from ..train import distill, sparsify
 from ..video import VideoClips, default_videos, video_info
 from .bench import evaluate_on_video
@@ -88,8 +88,8 @@ def run_demo(teacher_name: str = "selfie", out: str | Path = "runs/demo", quick:
     (``input_size``, ``value_range``, ``task``, as the command line spells them) then apply to it.
     ``target``: evaluate holding this cost ratio (`rate.RateControl`) instead of fixed thresholds.
     """
-    from ..teacher_resolve import parse_range, parse_size, resolve_teacher
     from ..teachers.packaged import PACKAGED
+    from ..teachers.resolve import parse_range, parse_size, resolve_teacher
 
     opts = {k: v for k, v in (teacher_options or {}).items() if v}
     imported = Path(teacher_name).suffix in (".onnx", ".json") or teacher_name in PACKAGED
@@ -200,6 +200,6 @@ def _count(choices: dict[str, str]) -> dict[str, int]:
 
 
 def _macs(model, teacher, k):
-    from ..macs import count_macs
+    from ..core.macs import count_macs
 
     return count_macs(model, (3, *teacher.input_size), k)

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..macs import MacReport, has_measured_macs, measured_delta_macs
-from ..recovery import first_output_map
+from ..core.macs import MacReport, has_measured_macs, measured_delta_macs
+from ..measure.recovery import first_output_map
 from ..stream import DeltaStream, EveryK, KeyframePolicy, frame_change
 
 

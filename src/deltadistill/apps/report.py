@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.macs import MacReport
 from ..files import atomic_write
-from ..macs import MacReport
 from .evaluate import Comparison
 
 

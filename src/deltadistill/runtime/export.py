@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..macs import count_macs, has_measured_macs
-from ..modes import delta_layers
+from ..core.macs import count_macs, has_measured_macs
+from ..core.modes import delta_layers
 from ..stream import DeltaStream
 
 MANIFEST = "manifest.json"

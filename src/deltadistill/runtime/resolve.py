@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ..checkpoint import CheckpointError, read_meta
+from ..core.checkpoint import CheckpointError, read_meta
 from .export import MANIFEST, ExportError, export_onnx, read_manifest
 
 

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..core.macs import count_macs, has_measured_macs, measured_delta_macs
+from ..core.modes import delta_layers
 from ..files import atomic_write, check_output_file
-from ..macs import count_macs, has_measured_macs, measured_delta_macs
-from ..modes import delta_layers
-from ..rate import rate_policy
 from ..stream import DeltaStream, SceneCut
+from ..stream.rate import rate_policy
 from ..tasks import DETECTION_SCORE_THRESHOLD, task_for
 from ..video import VideoWriter, fit_frame, is_live, iter_frames, video_info
 
@@ -138,7 +138,7 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
             stream = None
             teacher_macs = _teacher_macs(net, size)
             if backend == "openvino":
-                from ..apps.fastest import dense_runner
+                from .fastest import dense_runner
 
                 plain = dense_runner(teacher, "openvino", size, threads=threads)  # type: ignore[arg-type]
     measured = cropping or (onnx_dir is None and stream is not None and has_measured_macs(stream.model))

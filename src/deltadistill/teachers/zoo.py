@@ -73,7 +73,7 @@ class Teacher(nn.Module):
         super().__init__()
         self.spec = spec
         self.name = spec.name
-        self.source = spec.name  # what `deltadistill.teacher_resolve` takes to make this teacher again
+        self.source = spec.name  # what `deltadistill.teachers.resolve` takes to make this teacher again
         self.task = spec.task
         self.input_size = spec.input_size
         self.class_names = list(spec.class_names)

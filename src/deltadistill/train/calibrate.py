@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..geometry import ConvGeometry, explicit_pad
-from ..layer import DeltaConv2d
-from ..macs import count_macs
-from ..modes import delta_layers, mode
-from ..students import (
+from ..core.geometry import ConvGeometry, explicit_pad
+from ..core.layer import DeltaConv2d
+from ..core.macs import count_macs
+from ..core.modes import delta_layers, mode
+from ..core.students import (
     STUDENTS,
     CompressedStudent,
     SparseStudent,
@@ -110,7 +110,7 @@ def delta_covariances(model: nn.Module, clips: Sequence[Tensor], progress: bool 
     """
     layers = [(n, m) for n, m in delta_layers(model) if isinstance(m, DeltaConv2d)]
     if not layers:
-        raise ValueError("model has no trainable delta layers: convert it with deltadistill.convert first")
+        raise ValueError("model has no trainable delta layers: convert it with deltadistill.core.convert first")
     sums: dict[str, Tensor] = {}
     counts: dict[str, int] = {}
     t_len = 0
@@ -337,7 +337,7 @@ def sparsify(model: nn.Module, data: Any, *, level: float = 0.02, clips: int = 8
         raise ValueError("no calibration clips")
     layers = dict((n, m) for n, m in delta_layers(model) if isinstance(m, DeltaConv2d))
     if not layers:
-        raise ValueError("model has no trainable delta layers: convert it with deltadistill.convert first")
+        raise ValueError("model has no trainable delta layers: convert it with deltadistill.core.convert first")
     scale = dict.fromkeys(layers, 0.0)
     in_hw: dict[str, tuple[int, int]] = {}
     weights = {n: channel_weights(m.base) if weighted else None for n, m in layers.items()}

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..checkpoint import CheckpointError, save
+from ..core.checkpoint import CheckpointError, save
 from ..files import atomic_write, probe_writable
 
 KEEP = 2

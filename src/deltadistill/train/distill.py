@@ -22,10 +22,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from ..checkpoint import save
+from ..core.checkpoint import save
+from ..core.layer import DeltaConv2d
+from ..core.modes import delta_layers, mode, record_true_delta
 from ..files import atomic_write
-from ..layer import DeltaConv2d
-from ..modes import delta_layers, mode, record_true_delta
 from . import checkpointing as ckpt
 from .ddp import Dist, barrier, init_from_env
 from .losses import CostModel, TaskLoss, distill_loss, resolve_task_loss
@@ -100,7 +100,7 @@ def _param_groups(model: nn.Module, lr: float, gate_lr: float, finetune_teacher:
             if layer.gate is not None:
                 gates.append(layer.gate.logits)
     if not students:
-        raise ValueError("model has no trainable delta layers: convert it with deltadistill.convert first")
+        raise ValueError("model has no trainable delta layers: convert it with deltadistill.core.convert first")
     groups = [{"params": students, "lr": lr, "name": "students"}]
     if gates:
         groups.append({"params": gates, "lr": gate_lr, "weight_decay": 0.0, "name": "gates"})
@@ -143,7 +143,7 @@ def distill(
     device: str = "cpu",
     progress: bool = True,
 ) -> DistillResult:
-    """Distil ``model`` (converted with `deltadistill.convert`) on clips of unlabelled video.
+    """Distil ``model`` (converted with `deltadistill.core.convert`) on clips of unlabelled video.
 
     ``data``: a dataset (e.g. `deltadistill.video.VideoClips`) or tensor of clips (N, T, C, H, W),
     in the value range the model expects. Items may also be ``(clip, labels)`` pairs with per-frame
@@ -230,7 +230,7 @@ def distill(
         out.mkdir(parents=True, exist_ok=True)
         save_file(weights, str(out / f"rank{d.rank}.safetensors"))
     if out is not None and d.main:
-        from ..teacher_resolve import teacher_record
+        from ..teachers.resolve import teacher_record
 
         save(model, out / "model", include_teacher=finetune_teacher,
              extra={"distill": result.to_json(), **teacher_record(model)})

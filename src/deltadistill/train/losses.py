@@ -15,9 +15,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layer import DeltaConv2d
-from ..macs import count_macs
-from ..modes import delta_layers
+from ..core.layer import DeltaConv2d
+from ..core.macs import count_macs
+from ..core.modes import delta_layers
 
 TaskLoss = Callable[[Any, Any, Any], Tensor]
 TASK_LOSSES: dict[str, TaskLoss] = {}

@@ -31,11 +31,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..config import DeltaConfig
-from ..geometry import ConvGeometry, explicit_pad
-from ..layer import DeltaConv2d
-from ..modes import delta_layers, mode
-from ..students import CompressedStudent, computed_share, pixel_scores
+from ..core.config import DeltaConfig
+from ..core.geometry import ConvGeometry, explicit_pad
+from ..core.layer import DeltaConv2d
+from ..core.modes import delta_layers, mode
+from ..core.students import CompressedStudent, computed_share, pixel_scores
 
 #: Sparse thresholds tried per layer, as multiples of the layer's mean |input| on keyframes.
 SPARSE_LEVELS = (0.0, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
@@ -79,7 +79,7 @@ def output_sensitivity(model: nn.Module, clips: Sequence[Tensor], covs: dict[str
     """
     layers = [(n, m) for n, m in delta_layers(model) if isinstance(m, DeltaConv2d)]
     if not layers:
-        raise ValueError("model has no trainable delta layers: convert it with deltadistill.convert first")
+        raise ValueError("model has no trainable delta layers: convert it with deltadistill.core.convert first")
     config = model.delta_report.config
     stats = {n: LayerSensitivity() for n, _ in layers}
     by_name = dict(layers)

@@ -19,12 +19,12 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..geometry import ConvGeometry
-from ..layer import DeltaConv2d
-from ..macs import MacReport, count_macs
-from ..modes import delta_layers, mode
-from ..recovery import first_output_map, stream_change
-from ..students import SparseStudent
+from ..core.geometry import ConvGeometry
+from ..core.layer import DeltaConv2d
+from ..core.macs import MacReport, count_macs
+from ..core.modes import delta_layers, mode
+from ..core.students import SparseStudent
+from ..measure.recovery import first_output_map, stream_change
 
 FACTORS = (0.5, 2.0)
 OVER_BUDGET_PENALTY = 10.0

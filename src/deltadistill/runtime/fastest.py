@@ -58,13 +58,13 @@ def dense_runner(teacher: nn.Module, engine: str, size: tuple[int, int], workdir
         return lambda x: t(x.contiguous(memory_format=torch.channels_last))
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
-    from ..runtime.cache import cache_dir, cached, fingerprint
-    from ..runtime.export import export_plain_onnx
+    from .cache import cache_dir, cached, fingerprint
+    from .export import export_plain_onnx
 
     if engine == "onnxruntime":
-        from ..runtime.onnx_stream import OnnxModel as Engine
+        from .onnx_stream import OnnxModel as Engine
     else:
-        from ..runtime.openvino import OpenVinoModel as Engine  # type: ignore[assignment]
+        from .openvino import OpenVinoModel as Engine  # type: ignore[assignment]
     name = f"teacher-{fingerprint(teacher)}_{size[0]}x{size[1]}.onnx"
     file = cached(cache_dir(workdir) / name, lambda tmp: export_plain_onnx(t, tmp, size))
     return Engine(file, threads)

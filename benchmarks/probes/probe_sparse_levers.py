@@ -30,11 +30,11 @@ from torch import Tensor, nn
 
 import deltadistill as dd
 from deltadistill.apps.bench import evaluate_on_video
-from deltadistill.layer import DeltaConv2d
-from deltadistill.modes import delta_layers
-from deltadistill.students import SparseStudent, computed_share, pixel_scores
-from deltadistill.teacher_resolve import parse_size, resolve_teacher
+from deltadistill.core.layer import DeltaConv2d
+from deltadistill.core.modes import delta_layers
+from deltadistill.core.students import SparseStudent, computed_share, pixel_scores
 from deltadistill.teachers.graph import GraphModule
+from deltadistill.teachers.resolve import parse_size, resolve_teacher
 from deltadistill.video import VideoClips, default_videos, video_info
 
 VIDEOS = ("bigbuckbunny", "carphone_pristine", "bikes")

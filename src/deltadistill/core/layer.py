@@ -1,6 +1,6 @@
 """The wrapper layers that replace a teacher conv: trainable (`DeltaConv2d`) and deployed.
 
-Modes (set for a whole model with `deltadistill.modes.set_mode`):
+Modes (set for a whole model with `deltadistill.core.modes.set_mode`):
 
 - ``teacher``: the frozen teacher conv, nothing else.
 - ``clip``: training. The batch holds ``N*T`` frames, clip by clip, the first of each clip its

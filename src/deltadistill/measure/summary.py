@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from .macs import count_macs
+from ..core.macs import count_macs
 
 
 def summary(model: nn.Module, input_shape: tuple[int, ...] | None = None, keyframe_interval: int = 4) -> str:
     """Table of every candidate layer; with ``input_shape``, each layer's teacher and delta MACs."""
     report = getattr(model, "delta_report", None)
     if report is None:
-        raise ValueError("model was not converted with deltadistill.convert")
+        raise ValueError("model was not converted with deltadistill.core.convert")
     macs = count_macs(model, input_shape, keyframe_interval) if input_shape else None
     per_layer = {r.name: r for r in macs.layers} if macs else {}
     lines = [f"{'layer':34s} {'kind':30s} {'status':10s} {'MMAC t->d':>16s}  notes"]

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .modes import mode
-from .stream import DeltaStream
+from ..core.modes import mode
+from ..stream import DeltaStream
 
 
 class _CountBytes(TorchDispatchMode):

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .modes import mode
+from ..core.modes import mode
+from ..stream import DeltaStream
 from .recovery import first_output_map
-from .stream import DeltaStream
 
 
 def rss_mb() -> float:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import TinySegNet
+from ..models import TinySegNet
 
 BUILTIN = {"tinyseg": lambda: TinySegNet()}
 
@@ -62,8 +62,8 @@ def resolve_teacher(name_or_path: str, input_size: tuple[int, int] | None = None
         model = BUILTIN[name_or_path]().eval()
         model.source = name_or_path
         return model
-    from . import teachers
-    from .teachers.packaged import PACKAGED, load_packaged
+    from .. import teachers
+    from .packaged import PACKAGED, load_packaged
 
     path = Path(name_or_path)
     if path.suffix in (".onnx", ".json"):
@@ -88,8 +88,8 @@ def resolve_teacher(name_or_path: str, input_size: tuple[int, int] | None = None
 def _imported(make: Callable[[tuple[int, int] | None], nn.Module], input_size: tuple[int, int] | None,
               frame_size: tuple[int, int] | None) -> nn.Module:
     """``make(input_size)``, and for a graph whose sizes are open, at ``frame_size`` rounded up to its strides."""
-    from .teachers.imported import round_up
-    from .teachers.onnx_graph import OnnxImportError
+    from .imported import round_up
+    from .onnx_graph import OnnxImportError
 
     try:
         try:
@@ -126,11 +126,11 @@ def resolve_recorded(name: str, record: Mapping[str, Any] | None, input_size: tu
     if size is not None and name in BUILTIN:
         size = None
     if name not in BUILTIN and Path(name).suffix not in (".onnx", ".json") and size is not None:
-        from . import teachers
+        from .. import teachers
 
         if name in teachers.available() and tuple(size) == teachers.zoo.SPECS[name].input_size:
             size = None  # the native size: load it plainly
-    from .teachers.packaged import PACKAGED
+    from .packaged import PACKAGED
 
     vr = value_range or (tuple(record["teacher_value_range"]) if record.get("teacher_value_range") else None)
     if name in PACKAGED:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -24,11 +26,12 @@ from torch import Tensor, nn
 import deltadistill as dd
 from deltadistill import teachers
 from deltadistill.apps.bench import load_delta_model
-from deltadistill.layer import DeployedDeltaConv2d
-from deltadistill.modes import delta_layers
-from deltadistill.students import SparseStudent
+from deltadistill.core.layer import DeployedDeltaConv2d
+from deltadistill.core.modes import delta_layers
+from deltadistill.core.students import SparseStudent
 from deltadistill.video import default_videos, iter_frames
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: shared helpers
 try:
     from _report import write_section
 except ImportError:

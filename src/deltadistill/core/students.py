@@ -33,6 +33,13 @@ STUDENTS: dict[str, type[Student]] = {}
 NOMINAL_HW = (128, 128)
 
 
+def check_names(config: DeltaConfig) -> None:
+    """Refuse a config that names a student the registry does not hold (at conversion: see `convert`)."""
+    unknown = [n for n in config.student_names if n not in STUDENTS]
+    if unknown:
+        raise ValueError(f"unknown student(s) {unknown}; registered: {sorted(STUDENTS)}")
+
+
 def register_student(cls: type[Student]) -> type[Student]:
     """Class decorator: make a student available to `DeltaConfig` by its ``name``."""
     STUDENTS[cls.name] = cls

@@ -121,7 +121,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], keyframe_interval
         raise ValueError("keyframe_interval must be >= 1")
     layers = list(delta_layers(model))
     if not layers:
-        raise ValueError("model has no delta layers: call deltadistill.convert(model, config) first")
+        raise ValueError("model has no delta layers: call deltadistill.core.convert(model, config) first")
     p = next(iter(model.parameters()), None)
     x = torch.zeros(_shape(input_shape), device=p.device if p is not None else None,
                     dtype=p.dtype if p is not None else None)

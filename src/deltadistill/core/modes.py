@@ -28,7 +28,7 @@ def set_mode(model: nn.Module, mode: str, clip_len: int = 1) -> nn.Module:
         layer.mode, layer.clip_len = mode, clip_len
         found = True
     if not found:
-        raise ValueError("model has no delta layers: call deltadistill.convert(model, config) first")
+        raise ValueError("model has no delta layers: call deltadistill.core.convert(model, config) first")
     return model
 
 

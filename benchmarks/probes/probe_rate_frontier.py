@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -26,13 +27,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from deltadistill.macs import count_macs, measured_delta_macs
-from deltadistill.rate import sparse_students
-from deltadistill.rival import margin_needed, repeat_at_keys
+from deltadistill.core.macs import count_macs, measured_delta_macs
+from deltadistill.measure.rival import margin_needed, repeat_at_keys
 from deltadistill.stream import DeltaStream, SceneCut, frame_change, keyframe_flags
+from deltadistill.stream.rate import sparse_students
 from deltadistill.tasks import task_for
 from deltadistill.video import default_videos, iter_frames
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: shared helpers
 try:
     from _report import write_section
     from bench_rate import CUT, build, cost_axis, frames_of

@@ -17,9 +17,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..files import atomic_write
 from .config import DeltaConfig
 from .convert import _replace, convert
-from .files import atomic_write
 from .fold import fold_batchnorm
 from .layer import DeltaConv2d, DeployedDeltaConv2d
 from .modes import delta_layers
@@ -69,7 +69,7 @@ def save(model: nn.Module, path: str | Path, include_teacher: bool = False, extr
     path = Path(path)
     report = getattr(model, "delta_report", None)
     if report is None:
-        raise ValueError("model was not converted with deltadistill.convert")
+        raise ValueError("model was not converted with deltadistill.core.convert")
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, Any] = {}
     for name, layer in delta_layers(model):

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .macs import MacReport, has_measured_macs, measured_delta_macs
-from .stream import DeltaStream, EveryK
+from ..core.macs import MacReport, has_measured_macs, measured_delta_macs
+from ..stream import DeltaStream, EveryK
 
 
 def first_output_map(out: Any) -> torch.Tensor:
@@ -31,7 +31,7 @@ def stream_change(model: nn.Module, clips: Sequence[torch.Tensor], wants: Sequen
     students, the mean measured MACs of a delta frame. ``wants``: the teacher's first output maps per
     clip and frame, when already known (the model in teacher mode gives them otherwise).
     """
-    from .modes import mode
+    from ..core.modes import mode
 
     err = energy = spent = 0.0
     frames = 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -16,6 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 import deltadistill as dd
 from deltadistill import teachers
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: shared helpers
 try:
     from _report import write_section
 except ImportError:

@@ -8,7 +8,7 @@ from torch import nn
 
 from .config import DeltaConfig, explicitly_named, match_target
 from .layer import DeltaConv2d
-from .students import STUDENTS, Student
+from .students import STUDENTS, Student, check_names
 
 
 class UnsupportedLayerError(ValueError):
@@ -80,6 +80,7 @@ def convert(model: nn.Module, config: DeltaConfig | None = None) -> nn.Module:
     layers.
     """
     config = config or DeltaConfig()
+    check_names(config)
     if any(isinstance(m, DeltaConv2d) for m in model.modules()):
         raise ValueError("model is already converted")
     named = [(n, m) for n, m in model.named_modules() if n]

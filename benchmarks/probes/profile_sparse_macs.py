@@ -13,7 +13,7 @@ import torch
 
 import deltadistill as dd
 from deltadistill import teachers
-from deltadistill.modes import delta_layers
+from deltadistill.core.modes import delta_layers
 from deltadistill.video import VideoClips, default_videos, iter_frames
 
 
