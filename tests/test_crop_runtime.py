@@ -110,7 +110,11 @@ def test_exact_where_computed_with_reach_and_margin_past_the_receptive_field(tmp
 
 
 def test_buckets_give_the_same_output_as_exact_crops(tmp_path):
-    """Rounding crop sides up to a bucket changes what runs, never the result (within 1e-5)."""
+    """Rounding crop sides up to a bucket changes what runs, never the result, within float error: a
+    millionth of the output's largest value. Conv kernels for other shapes sum in another order; on
+    an Intel host the outputs, up to 83, differed by up to 3e-5 between the two (and each from the
+    dense teacher by as much), where an AMD one stayed under the 1e-5 this test once asked. A bucket
+    that pasted the wrong region is off by whole units."""
     teacher = _net(tmp_path)
     exact = CropStream(teacher, keyframe=100, threshold=0.0, tile=8, reach=16, margin=16, align=8, bucket=8)
     coarse = CropStream(teacher, keyframe=100, threshold=0.0, tile=8, reach=16, margin=16, align=8, bucket=(24, 32))
@@ -118,7 +122,7 @@ def test_buckets_give_the_same_output_as_exact_crops(tmp_path):
     with torch.no_grad():
         for x in _clip():
             a, b = exact(x), coarse(x)
-            assert torch.allclose(a, b, atol=1e-5)
+            assert float((a - b).abs().max()) <= 1e-6 * float(a.abs().max())
             sizes.update(c.crop.size for c in coarse.last_crops)
     assert sizes and all(h % 24 == 0 or h == H for h, _ in sizes) and all(w % 32 == 0 or w == W for _, w in sizes)
 
