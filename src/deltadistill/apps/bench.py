@@ -8,7 +8,6 @@ accuracy against GMACs per frame over keyframe intervals and MAC budgets.
 from __future__ import annotations
 
 import copy
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -23,18 +22,16 @@ from ..core.config import DeltaConfig
 from ..core.convert import convert
 from ..core.deploy import deploy
 from ..core.layer import DeltaConv2d
-from ..core.macs import MacReport, count_macs, has_measured_macs, measured_delta_macs
 from ..measure.rival import rival_equal_macs, rival_equal_time
 from ..measure.traffic import measure_traffic
-from ..runtime.crop import CropStream
-from ..runtime.fastest import ENGINES, dense_runner, fastest_dense
+from ..runtime.fastest import ENGINES, fastest_dense
+from ..runtime.streams import BACKENDS, RUNTIMES, FrameStream, StreamSetup, open_stream, resolve
 from ..stream import SceneCut, keyframe_flags
 from ..stream.rate import rate_policy
 from ..tasks import task_for
-from ..teachers.graph import conv_stats
 from ..train.calibrate import calibrate, sparsify
 from ..video import VideoWriter, iter_frames, letterbox_share, side_by_side, video_info
-from .evaluate import Comparison, compare
+from .evaluate import Comparison, channels_last, compare
 from .report import build_report
 
 
@@ -45,10 +42,6 @@ def load_delta_model(teacher: nn.Module, model_dir: str | Path) -> nn.Module:
     if any(isinstance(m, DeltaConv2d) for m in model.modules()):
         deploy(model)
     return model.eval()
-
-
-RUNTIMES = ("dense", "crop")
-BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
 def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | Path, *, keyframe_interval: int,
@@ -74,42 +67,40 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
     if threads:
         torch.set_num_threads(threads)
     if runtime not in RUNTIMES:
-        raise ValueError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+        raise ValueError(f"--runtime must be one of {', '.join(sorted(RUNTIMES))}, not {runtime!r}")
     if backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    if runtime == "crop" and backend == "onnxruntime":
-        raise ValueError("--runtime crop runs on torch or openvino, not onnxruntime")
-    if runtime == "dense" and model is None:
-        raise ValueError("the dense runtime needs a delta model")
+    name_ = resolve(runtime, backend, model)
+    if model is None and not RUNTIMES[name_].teacher_only:
+        raise ValueError(f"the {runtime} runtime needs a delta model")
     task = task_for(teacher)
     size = tuple(teacher.input_size)
     info = video_info(video)
     stop = min(stop or info.frames, info.frames)
     if start >= stop:
         raise ValueError(f"--start {start} is past the end: {Path(video).name} has {info.frames} frames")
-    if runtime == "crop":
-        teacher_macs = conv_stats(teacher, torch.zeros(1, 3, *size))["macs"]
-        macs = MacReport(teacher_macs, teacher_macs, teacher_macs, keyframe_interval, [])
-        measured = False
-    else:
-        assert model is not None
-        macs = count_macs(model, (3, *size), keyframe_interval)
-        measured = has_measured_macs(model)
+    if RUNTIMES[name_].teacher_only:
+        model = None
     policy: Any = SceneCut(keyframe_interval, scene_cut) if scene_cut else None
     if target is not None:  # checked before any output or timing
-        policy = rate_policy(model if runtime == "dense" else None, target, keyframe_interval, scene_cut, size,
-                             backend != "torch" or compile, rate)
+        policy = rate_policy(model if RUNTIMES[name_].steerable else None, target, keyframe_interval, scene_cut,
+                             size, backend != "torch" or compile or not RUNTIMES[name_].steerable, rate)
+    setup = StreamSetup(teacher, channels_last(model.eval()) if model is not None else None, size,  # type: ignore[arg-type]
+                        policy if policy is not None else keyframe_interval, keyframe_interval, backend=backend,
+                        threads=threads, compile=compile, options=dict(crop or {}), progress=progress)
     tc_teacher, tc_delta = task.consistency(), task.consistency()
+    fastest = fastest_dense(teacher, (info.height, info.width), engines=tuple(engines)) if engines else None
+    stream = open_stream(name_, setup)
+    macs = stream.mac_report()
     writer = VideoWriter(out_video, fps=info.fps).__enter__() if out_video else None
-    running = {"g": 0.0}
+    running = {"g": 0.0, "now": 0.0}
 
     def on_frame(i: int, frame: np.ndarray, t_pred: Any, d_pred: Any, key: bool) -> None:
         tc_teacher.update(frame, t_pred)
         tc_delta.update(frame, d_pred)
         if writer is None:  # the running MACs only label the rendered video; compare measures them anyway
             return
-        now = (macs.keyframe if key else measured_delta_macs(model, macs) if measured
-               else round(runners[1].last_cost * macs.teacher) if runtime == "crop" and runners else macs.delta)
+        now = macs.keyframe if key else (cmp_macs[-1] if stream.measured and cmp_macs else macs.delta)
         running["g"] += now / 1e9
         writer.write(side_by_side(
             task.draw(frame, t_pred), task.draw(frame, d_pred), f"teacher  frame {start + i}",
@@ -118,31 +109,19 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
             f"{now / 1e9:.2f} GMAC now, {running['g'] / (i + 1):.2f} avg",
             right_is_key=key))
 
-    if backend != "torch" and compile:
-        raise ValueError(f"--compile is torch.compile: it has no meaning for the {backend} backend")
-    tmp = tempfile.TemporaryDirectory(prefix="deltadistill-onnx-") if backend != "torch" and runtime == "dense" else None
-    runners: tuple | None = None
+    cmp_macs: list[int] = []
     try:
-        fastest = fastest_dense(teacher, (info.height, info.width), engines=tuple(engines)) if engines else None
-        if runtime == "crop":
-            stream = CropStream(teacher, copy.deepcopy(policy) or keyframe_interval, backend=backend,
-                                **(crop or {})).prepare(progress)
-            runners = (dense_runner(teacher, backend, size, threads=threads), stream)
-        elif tmp is not None:  # the exported graphs, on onnxruntime or OpenVINO
-            runners = _onnx_runners(teacher, model, Path(tmp.name), size, keyframe_interval, policy, backend)
-        cmp = compare(teacher, model if runtime == "dense" else None, iter_frames(video, size, "letterbox", start, stop),
+        cmp = compare(teacher, model, iter_frames(video, size, "letterbox", start, stop),
                       keyframe_interval=keyframe_interval, preprocess=teacher.preprocess,
                       postprocess=lambda out: task.single(teacher.postprocess(out)),
-                      on_frame=on_frame, total=stop - start, progress=progress, compile=compile, macs=macs,
-                      runners=runners, policy=policy)
+                      on_frame=on_frame, total=stop - start, progress=progress, compile=compile,
+                      stream=_Recording(stream, cmp_macs), policy=policy)
     except BaseException as e:
-        if tmp is not None:
-            tmp.cleanup()
         if writer is not None:
             writer.__exit__(type(e), e, None)
         raise
-    if tmp is not None:
-        tmp.cleanup()
+    finally:
+        stream.close()
     if writer is not None:
         writer.__exit__(None, None, None)
     if cmp.delta_frame_macs:  # data-dependent students: count what the delta frames really cost
@@ -182,7 +161,7 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
                                      for k in ("active", "computed", "crops", "detect", "run", "paste")}
         extra_time["crop_stages"]["mean_computed"] = float(np.mean([d["computed"] for d in st]))
     traffic = None
-    if model is not None and runtime == "dense":
+    if stream.model is not None:
         two = [teacher.preprocess(f[None]) for f in iter_frames(video, size, "letterbox", start, start + 2)]
         traffic = measure_traffic(model, two[0], two[-1], cmp.keyframe_interval) if len(two) == 2 else None
     report = build_report(name or getattr(teacher, "name", type(teacher).__name__), str(video), cmp, macs,
@@ -190,7 +169,7 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
                           {"teacher": tc_teacher.compute(), "delta": tc_delta.compute()},
                           {"frame_range": [start, stop], "threads": torch.get_num_threads(), "compiled": compile,
                            "backend": backend, "runtime": runtime, "keyframe_interval": keyframe_interval,
-                           "crop": _crop_settings(runners[1]) if runtime == "crop" and runners else None,
+                           "crop": stream.settings(),
                            "latency_ms": timing, **extra_time,
                            "keyframe_policy": repr(policy) if policy else f"EveryK({keyframe_interval})",
                            "frames_per_keyframe": cmp.keyframe_interval,
@@ -210,23 +189,26 @@ def _fastest_during_run(fastest: dict[str, Any], backend: str, size: tuple[int, 
     return teacher_ms * fastest["ms"] / same[0]["ms"] if same else fastest["ms"]
 
 
-def _crop_settings(stream: CropStream) -> dict[str, Any]:
-    """What a crop run was run with, for the report."""
-    return {"threshold": stream.threshold_share, "tile": stream.tile,
-            "margin": stream.margin, "reach": stream.reach, "bucket": list(stream.bucket), "min_tiles": stream.min_tiles,
-            "max_crops": stream.max_crops, "rekey": stream.rekey, "gates_held": len(stream.gate_slots)}
+class _Recording:
+    """A stream that also keeps each delta frame's MACs, so the rendered video can label them."""
 
+    def __init__(self, stream: FrameStream, into: list[int]) -> None:
+        self.stream, self.into = stream, into
 
-def _onnx_runners(teacher: nn.Module, model: nn.Module, tmp: Path, size: tuple[int, ...], k: int,
-                  policy: Any = None, engine: str = "onnxruntime") -> tuple:
-    """The exported teacher and the exported delta model's stream, each on ``engine`` (onnxruntime or openvino)."""
-    from ..runtime.export import export_onnx
-    from ..runtime.onnx_stream import OnnxStream
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
-    threads = torch.get_num_threads()
-    export_onnx(model, tmp / "delta", input_size=tuple(size), keyframe_interval=k)
-    return (dense_runner(teacher, engine, tuple(size), threads=threads),  # type: ignore[arg-type]
-            OnnxStream(tmp / "delta", keyframe=copy.deepcopy(policy) or k, threads=threads, engine=engine))
+    def __call__(self, x: torch.Tensor) -> Any:
+        return self.stream(x)
+
+    def account(self) -> float | None:
+        spent = self.stream.account()
+        if spent is not None and not self.stream.last_key:
+            self.into.append(round(spent))
+        return spent
+
+    def close(self) -> None:
+        pass
 
 
 def calibrated_model(teacher: nn.Module, data: Any, budget: float, clips: int = 16,

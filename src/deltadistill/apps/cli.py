@@ -353,7 +353,8 @@ def run(
     and a rerun skips those already done."""
     from deltadistill.runtime.batch import run_many, video_list
     from deltadistill.runtime.resolve import cached_export, is_export
-    from deltadistill.runtime.run import BACKENDS, run_video
+    from deltadistill.runtime.run import run_video
+    from deltadistill.runtime.streams import BACKENDS
     from deltadistill.teachers.resolve import teacher_record
 
     try:

@@ -8,7 +8,6 @@ of key and of delta frames, since a plain median over all frames would hide the 
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -20,9 +19,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..core.macs import MacReport, has_measured_macs, measured_delta_macs
+from ..core.macs import MacReport
 from ..measure.recovery import first_output_map
-from ..stream import DeltaStream, EveryK, KeyframePolicy, frame_change
+from ..runtime.streams import FrameStream, StreamSetup, open_stream
+from ..stream import EveryK, KeyframePolicy, frame_change
 
 
 @dataclass
@@ -118,82 +118,75 @@ def compare(
     progress: bool = True,
     compile: bool = False,
     macs: MacReport | None = None,
-    runners: tuple[Callable[[torch.Tensor], Any], Any] | None = None,
+    stream: FrameStream | None = None,
     policy: KeyframePolicy | None = None,
 ) -> Comparison:
-    """Teacher (a plain model) and delta model (converted or deployed) on the same frames.
+    """Teacher (a plain model) and a stream (any way of running frames, `runtime.streams`) on the
+    same frames; without ``stream``, the delta ``model`` in torch (``compile``: through
+    ``torch.compile``, the teacher too; the warm-up, then two keyframe cycles long, absorbs the compile
+    time and is not timed).
 
     ``frames`` yields uint8 RGB (H, W, 3) arrays at the model's input size; ``on_frame`` sees
-    ``(index, frame, teacher_pred, delta_pred, is_key)`` for rendering or streaming metrics.
-    ``compile`` runs both models through ``torch.compile``; the warm-up, then two keyframe cycles
-    long, absorbs the compile time and is not timed. With ``macs`` (the model's `count_macs`) and a
-    model whose students' cost depends on the data, each delta frame's MACs are measured too.
-    ``runners``: ``(teacher, stream)`` to time instead, e.g. the onnxruntime pair (`runtime.onnx_stream`);
-    the torch model then runs untimed beside them only where its MACs must be measured; ``model`` may
-    then be None (a runtime that needs no delta model, `runtime.crop.CropStream`: its ``last_cost``,
-    the share of the frame it computed, times the teacher's MACs is each delta frame's). ``policy``:
-    the keyframe policy (default `EveryK(keyframe_interval)`); under one that adds keyframes, the
-    comparison's interval becomes frames per keyframe as run, so amortised figures count them all.
+    ``(index, frame, teacher_pred, delta_pred, is_key)`` for rendering or streaming metrics. A
+    stream whose delta frames cost what the data asks (`FrameStream.measured`) has each delta frame's
+    MACs counted, after the frame, outside its time. ``policy``: the keyframe policy (default
+    `EveryK(keyframe_interval)`); under one that adds keyframes, the comparison's interval becomes
+    frames per keyframe as run, so amortised figures count them all. ``macs`` is unused (the stream
+    counts its own; kept for callers).
     """
-    if model is None and runners is None:
-        raise ValueError("compare needs a delta model, or runners to time")
-    measure = macs is not None and model is not None and has_measured_macs(model)
-    teacher = channels_last(teacher.eval())
-    model = channels_last(model.eval()) if model is not None else None
-
-    def new_stream(compiled: bool) -> DeltaStream | None:
+    own = stream is None
+    if stream is None:
         if model is None:
-            return None
-        return DeltaStream(model, copy.deepcopy(policy) if policy is not None else EveryK(keyframe_interval),
-                           compile=compiled)
-
-    # a compiled (traced) student records no MACs: an eager stream beside it, untimed, measures them
-    stream = new_stream(compile and not measure)
-    timed_teacher, timed_stream = runners if runners is not None else (
-        None, new_stream(True) if compile and measure else stream)
+            raise ValueError("compare needs a delta model, or a stream to time")
+        model = channels_last(model.eval())
+        stream = open_stream("dense", StreamSetup(teacher, model, tuple(teacher.input_size) if hasattr(
+            teacher, "input_size") else (0, 0), policy if policy is not None else keyframe_interval,
+            keyframe_interval, compile=compile))
+    teacher = channels_last(teacher.eval())
+    timed_teacher = stream.dense_teacher()
     if compile:  # both or neither: the ratio must compare like with like
         teacher = torch.compile(teacher)
         warmup = max(warmup, 2 * keyframe_interval + 1)  # a second keyframe may still recompile
     result = Comparison(keyframe_interval, warmup=warmup)
-    costed = macs is not None and not measure and hasattr(timed_stream, "last_cost")
     prev: torch.Tensor | None = None
     track_changes = policy is not None and not isinstance(policy, EveryK)
-    for i, frame in enumerate(tqdm(frames, total=total, desc="teacher vs delta", disable=not progress)):
-        x = preprocess(frame).contiguous(memory_format=torch.channels_last)
-        if track_changes:  # only a policy that re-keys on change needs them (for the rival's keyframes)
-            result.changes.append(0.0 if prev is None else float(frame_change(prev, x).mean()))
-            prev = x
-        t0 = time.perf_counter()
-        t_out = teacher(x) if timed_teacher is None else timed_teacher(x)
-        t1 = time.perf_counter()
-        d_out = timed_stream(x)
-        t2 = time.perf_counter()
-        key = bool(timed_stream.last_key)
-        if measure and timed_stream is not stream and stream is not None:  # untimed: only to count MACs
-            stream(x)
-        if key:
-            key_out, teacher_key_map = d_out, first_output_map(t_out).clone()
-        else:
-            t_map = first_output_map(t_out)
-            result.change_error += float((first_output_map(d_out) - t_map).double().pow(2).sum())
-            result.change_energy += float((teacher_key_map - t_map).double().pow(2).sum())
-            result.repeated_key.append(_same(d_out, key_out))
-            if measure:
-                result.delta_frame_macs.append(measured_delta_macs(model, macs))
-            elif costed:
-                result.delta_frame_macs.append(round(timed_stream.last_cost * macs.teacher))
-            if hasattr(timed_stream, "last_ms"):
-                result.stages.append({"active": timed_stream.last_active, "computed": timed_stream.last_cost,
-                                      "crops": len(timed_stream.last_crops), **timed_stream.last_ms})
-        t_pred, d_pred = postprocess(t_out), postprocess(d_out)
-        result.ms_teacher.append((t1 - t0) * 1e3)
-        result.ms_delta.append((t2 - t1) * 1e3)
-        result.is_key.append(key)
-        result.teacher_preds.append(t_pred)
-        result.delta_preds.append(d_pred)
-        if on_frame is not None:
-            on_frame(i, frame, t_pred, d_pred, key)
-    result.policy = getattr(timed_stream, "policy", None)
+    try:
+        for i, frame in enumerate(tqdm(frames, total=total, desc="teacher vs delta", disable=not progress)):
+            x = preprocess(frame).contiguous(memory_format=torch.channels_last)
+            if track_changes:  # only a policy that re-keys on change needs them (for the rival's keyframes)
+                result.changes.append(0.0 if prev is None else float(frame_change(prev, x).mean()))
+                prev = x
+            t0 = time.perf_counter()
+            t_out = teacher(x) if timed_teacher is None else timed_teacher(x)
+            t1 = time.perf_counter()
+            d_out = stream(x)
+            t2 = time.perf_counter()
+            key = bool(stream.last_key)
+            spent = stream.account()  # untimed: what the frame computed
+            if key:
+                key_out, teacher_key_map = d_out, first_output_map(t_out).clone()
+            else:
+                t_map = first_output_map(t_out)
+                result.change_error += float((first_output_map(d_out) - t_map).double().pow(2).sum())
+                result.change_energy += float((teacher_key_map - t_map).double().pow(2).sum())
+                result.repeated_key.append(_same(d_out, key_out))
+                if stream.measured and spent is not None:
+                    result.delta_frame_macs.append(round(spent))
+                stages = stream.stages()
+                if stages is not None:
+                    result.stages.append(stages)
+            t_pred, d_pred = postprocess(t_out), postprocess(d_out)
+            result.ms_teacher.append((t1 - t0) * 1e3)
+            result.ms_delta.append((t2 - t1) * 1e3)
+            result.is_key.append(key)
+            result.teacher_preds.append(t_pred)
+            result.delta_preds.append(d_pred)
+            if on_frame is not None:
+                on_frame(i, frame, t_pred, d_pred, key)
+    finally:
+        if own:
+            stream.close()
+    result.policy = stream.policy
     if result.frames <= warmup:
         raise ValueError(f"need more than {warmup} frames to time after warm-up, got {result.frames}")
     expected = sum(1 for i in range(result.frames) if i % keyframe_interval == 0)

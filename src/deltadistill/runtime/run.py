@@ -19,15 +19,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..core.macs import count_macs, has_measured_macs, measured_delta_macs
-from ..core.modes import delta_layers
 from ..files import atomic_write, check_output_file
-from ..stream import DeltaStream, SceneCut
+from ..stream import SceneCut
 from ..stream.rate import rate_policy
 from ..tasks import DETECTION_SCORE_THRESHOLD, task_for
 from ..video import VideoWriter, fit_frame, is_live, iter_frames, video_info
-
-BACKENDS = ("torch", "onnxruntime", "openvino")
+from .streams import StreamSetup, open_stream, resolve
 
 
 @dataclass
@@ -112,38 +109,18 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
     live = is_live(video)  # a pipe, URL or device: read once as frames arrive; no count, no rate probe
     info = None if live else video_info(video)
     backend = backend or ("onnxruntime" if onnx_dir is not None else "torch")
+    name = resolve(runtime, backend, model, onnx_dir)
     policy: Any = SceneCut(keyframe_interval, scene_cut) if scene_cut else keyframe_interval
     if target is not None:
-        policy = rate_policy(model, target, keyframe_interval, scene_cut, size, onnx_dir is not None or
-                             runtime != "dense" or backend != "torch", rate)
-    plain: Callable[[torch.Tensor], Any] = teacher
-    cropping = runtime == "crop"
-    if cropping:
-        from .crop import CropStream
-
-        stream: Any = CropStream(teacher, policy, backend=backend, threads=threads, **(crop or {})).prepare(progress)
-        teacher_macs = _teacher_macs(teacher, size)
-    elif onnx_dir is not None:
-        from .onnx_stream import OnnxStream
-
-        stream = OnnxStream(onnx_dir, keyframe=policy, threads=threads, engine=backend)
-        teacher_macs = int(stream.manifest.get("macs", {}).get("teacher") or _teacher_macs(teacher, size))
-    else:
-        net = model if model is not None else teacher
-        if list(delta_layers(net)):
-            stream = DeltaStream(net, policy)
-            report = count_macs(net, (3, *size), keyframe_interval)
-            teacher_macs = report.teacher
-        else:
-            stream = None
-            teacher_macs = _teacher_macs(net, size)
-            if backend == "openvino":
-                from .fastest import dense_runner
-
-                plain = dense_runner(teacher, "openvino", size, threads=threads)  # type: ignore[arg-type]
-    measured = cropping or (onnx_dir is None and stream is not None and has_measured_macs(stream.model))
+        policy = rate_policy(model, target, keyframe_interval, scene_cut, size, name != "dense" or backend != "torch",
+                             rate)
+    stream = open_stream(name, StreamSetup(teacher, model, size, policy, keyframe_interval, backend=backend,  # type: ignore[arg-type]
+                                           threads=threads, options=dict(crop or {}),
+                                           onnx_dir=Path(onnx_dir) if onnx_dir is not None else None,
+                                           progress=progress, count_beside=False))
+    teacher_macs = stream.mac_report().teacher
     records: list[dict] = []
-    total_macs, keys, n = 0.0, 0, 0
+    total_macs, keys, n, counted = 0.0, 0, 0, True
     writer = VideoWriter(out, fps=info.fps if info else 25.0).__enter__() if out else None
     bar = tqdm(total=info.frames if info else None, unit="frame", disable=not progress, desc=f"run ({backend})")
     t0 = time.perf_counter()
@@ -152,24 +129,13 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
             for i, raw in enumerate(iter_frames(video)):
                 frame, box = fit_frame(raw, size, "letterbox")
                 x = teacher.preprocess(frame[None]).contiguous(memory_format=torch.channels_last)
-                if stream is None:
-                    y, key = plain(x), True
-                else:
-                    y = stream(x)
-                    key = bool(stream.last_key) if isinstance(stream.last_key, bool) else bool(stream.last_key.all())
+                y = stream(x)
+                key = stream.last_key
                 pred = task.single(teacher.postprocess(y))
                 keys += key
-                if stream is None:
-                    total_macs += teacher_macs
-                elif cropping:  # a crop costs about its share of the frame
-                    total_macs += teacher_macs if key else stream.last_cost * teacher_macs
-                elif onnx_dir is None:  # a keyframe costs the teacher plus any c = z_k - g(x_k) to fold
-                    total_macs += report.keyframe if key else (
-                        measured_delta_macs(stream.model, report) if measured else report.delta)
-                else:
-                    fixed = stream.manifest.get("macs", {})
-                    if not fixed.get("data_dependent", True):
-                        total_macs += fixed["keyframe"] if key else fixed["delta"]
+                spent = stream.account()
+                counted = counted and spent is not None
+                total_macs += spent or 0.0
                 rec = frame_record(kind, i, key, pred, box, getattr(teacher, "class_names", None),
                                    getattr(teacher, "map_threshold", 0.5))
                 records.append(rec)
@@ -190,17 +156,8 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
         writer.__exit__(None, None, None)
     if jsonl is not None:
         atomic_write(Path(jsonl), lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))
-    # onnxruntime cannot measure a sparse student's cost; a fixed-cost model's is in the manifest
-    per_frame: float | None = None if onnx_dir is not None and not cropping and stream.manifest.get("macs", {}).get(
-        "data_dependent", True) else total_macs / max(n, 1)
-    return RunSummary(n, keys, seconds, n / max(seconds, 1e-9), per_frame, teacher_macs, measured or stream is None,
-                      backend, str(out) if out else None, str(jsonl) if jsonl else None,
-                      policy.summary() if target is not None else None)
-
-
-def _teacher_macs(net: nn.Module, size: tuple[int, ...]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        net(torch.zeros(1, 3, *size))
-    return fc.get_total_flops() // 2
+    stream.close()
+    per_frame = total_macs / max(n, 1) if counted else None  # onnxruntime cannot count a sparse student's cost
+    return RunSummary(n, keys, seconds, n / max(seconds, 1e-9), per_frame, teacher_macs,
+                      stream.measured, backend, str(out) if out else None,
+                      str(jsonl) if jsonl else None, policy.summary() if target is not None else None)
