@@ -106,6 +106,9 @@ class GraphModule(nn.Module):
         #: slot -> value to use instead of computing it (`holding`); slots whose values to keep (`recording`)
         self._held: dict[int, Tensor] | None = None
         self._record: dict[int, Tensor | None] | None = None
+        #: step index -> (op type, node name, attributes), where a front end says what a step is; a runtime
+        #: that executes steps its own way (`runtime.tiles`) reads it, the plain loop never does
+        self.step_ops: dict[int, tuple[str, str, dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ plan building (front ends call these)
     def _new_slot(self) -> int:
@@ -129,13 +132,17 @@ class GraphModule(nn.Module):
         self.convs[name] = module
         return name
 
-    def _step(self, fn: Callable[..., Any], ins: Sequence[int], outs: Sequence[int], module: str | None = None) -> None:
+    def _step(self, fn: Callable[..., Any], ins: Sequence[int], outs: Sequence[int], module: str | None = None,
+              op: tuple[str, str, dict[str, Any]] | None = None) -> None:
+        if op is not None:
+            self.step_ops[len(self._steps)] = op
         self._steps.append((fn, tuple(ins), tuple(outs), module))
 
-    def _sized_step(self, make: SizedMaker, ins: Sequence[int], outs: Sequence[int]) -> None:
+    def _sized_step(self, make: SizedMaker, ins: Sequence[int], outs: Sequence[int],
+                    op: tuple[str, str, dict[str, Any]] | None = None) -> None:
         """A step whose sizes the graph wrote for its native input size; `_fit_sizes` refits it."""
         self._sized[len(self._steps)] = make
-        self._step(make(None), ins, outs)
+        self._step(make(None), ins, outs, op=op)
 
     def _register_const(self, slot: int) -> int:
         self._runtime_consts.add(slot)

@@ -160,10 +160,11 @@ class OnnxGraphModule(GraphModule):
     def emit(self, node: Any, fn: Callable[..., Any], ins: Sequence[str], sized: SizedMaker | None = None) -> None:
         slots = [self.runtime(n) for n in ins]
         outs = [self._slot(o) for o in node.output if o]
+        op = (node.op_type, node.name or node.output[0], _attrs(node))
         if sized is not None:
-            self._sized_step(sized, slots, outs)
+            self._sized_step(sized, slots, outs, op=op)
         else:
-            self._step(fn, slots, outs)
+            self._step(fn, slots, outs, op=op)
 
     def _fold(self, node: Any) -> bool:
         """Compute a node whose inputs are all constants now, once; False when it can't be folded."""
@@ -342,11 +343,11 @@ def _conv(g: OnnxGraphModule, node: Any) -> None:
     else:
         upper = mode == "same_upper"
         run = lambda m, x: m(_same_pad(x, kernel, stride, dilation, upper))  # noqa: E731
-    _add_conv_step(g, node, conv, w, bias, run)
+    _add_conv_step(g, node, conv, w, bias, run, {"pad_mode": mode, "pads": pads})
 
 
 def _add_conv_step(g: OnnxGraphModule, node: Any, conv: nn.Module, w: np.ndarray, bias: Any,
-                   run: Callable[[nn.Module, Tensor], Tensor]) -> None:
+                   run: Callable[[nn.Module, Tensor], Tensor], extra: dict[str, Any] | None = None) -> None:
     """Load the weights into ``conv``, register it, and emit the step that calls it by name."""
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(w))
@@ -354,7 +355,8 @@ def _add_conv_step(g: OnnxGraphModule, node: Any, conv: nn.Module, w: np.ndarray
             conv.bias.copy_(torch.from_numpy(np.array(bias, dtype=np.float32)))  # type: ignore[union-attr]
     name = g._add_conv(node.name or node.output[0], conv)
     g._conv_of[node.output[0]] = name
-    g._step(run, [g.runtime(node.input[0])], [g._slot(node.output[0])], name)
+    g._step(run, [g.runtime(node.input[0])], [g._slot(node.output[0])], name,
+            op=(node.op_type, node.name or node.output[0], {**_attrs(node), **(extra or {})}))
 
 
 @_op("ConvTranspose")
