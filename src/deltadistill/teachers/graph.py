@@ -181,12 +181,24 @@ class GraphModule(nn.Module):
 
             self._steps[i] = (record, ins, outs, mod)
         try:
-            self._run(native_inputs, stream_state=None)
+            self._probe_run(native_inputs)
         finally:
             self._steps = steps
         for i, make in self._sized.items():
             fn, ins, outs, mod = self._steps[i]
             self._steps[i] = (make(seen.get(i)), ins, outs, mod)
+
+    def _probe_run(self, inputs: Sequence[Tensor]) -> None:
+        """Run the plan for its shapes only: on fake tensors (no arithmetic, so a probe at a large native
+        size such as IS-Net's 1024x1024 costs milliseconds, not seconds), or for real where a step
+        needs values (a fake run raises there)."""
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        try:
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                self._run(inputs, stream_state=None)
+        except Exception:  # noqa: BLE001 - any step that reads values: the real run below says what is wrong
+            self._run(inputs, stream_state=None)
 
     # ------------------------------------------------------------------ held values (region runtimes)
     @torch.no_grad()
