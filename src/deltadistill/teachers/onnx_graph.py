@@ -189,8 +189,9 @@ class OnnxGraphModule(GraphModule):
         else:
             self._step(fn, slots, outs, op=op)
 
-    def _step(self, fn: Callable[..., Any], ins: Sequence[int], outs: Sequence[int], module: str | None = None) -> None:
-        super()._step(fn, ins, outs, module)
+    def _step(self, fn: Callable[..., Any], ins: Sequence[int], outs: Sequence[int], module: str | None = None,
+              op: tuple[str, str, dict[str, Any]] | None = None) -> None:
+        super()._step(fn, ins, outs, module, op=op)
         if self._fake is not None:
             self._track(fn, ins, outs, module)
 
