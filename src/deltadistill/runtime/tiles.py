@@ -124,6 +124,8 @@ class TileStream:
         self.last_cost = 1.0
         self.last_layers: dict[str, tuple[int, int, bool]] = {}
         self.last_ms: dict[str, float] = {}
+        #: per handler, the ms it took on the last delta frame (where time goes)
+        self.last_step_ms: list[float] = []
         self.policy.reset()
 
     # ------------------------------------------------------------------ keyframe
@@ -248,10 +250,12 @@ class TileStream:
         macs = 0
         layers: dict[str, tuple[int, int, bool]] = {}
         t_conv = t_other = 0.0
-        for h in self.handlers:
+        step_ms = self.last_step_ms = [0.0] * len(self.handlers)
+        for i, h in enumerate(self.handlers):
             t0 = time.perf_counter()
             macs += h.delta(env)
             dt = time.perf_counter() - t0
+            step_ms[i] = dt * 1e3
             if isinstance(h, TileConv):
                 layers[h.name] = h.last
                 t_conv += dt
