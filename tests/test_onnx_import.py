@@ -144,7 +144,12 @@ def _every_op_graph() -> tuple[onnx.ModelProto, set[str]]:
     # folded at import: arithmetic on constants only
     (k,) = g.op("Mul", [g.const(np.array([2.0], f32)), g.const(np.array([3.0], f32))])
     (gm2,) = g.op("Add", [gm2, k])
-    model = g.model([t, gm2, b], [1, 3, 16, 16])
+    # shape arithmetic, evaluated at import: (1, C, -1) from Shape and Gather, flattening a map by it
+    (sh,) = g.op("Shape", [se])
+    (ch,) = g.op("Gather", [sh, g.const(np.array([1], np.int64))], axis=0)
+    (shp,) = g.op("Concat", [g.const(np.array([1], np.int64)), ch, g.const(np.array([-1], np.int64))], axis=0)
+    (fl2,) = g.op("ReduceMax", [g.op("Reshape", [se, shp])[0], g.const(np.array([2], np.int64))], keepdims=0)
+    model = g.model([t, gm2, b, fl2], [1, 3, 16, 16])
     used = {n.op_type for n in model.graph.node}
     return model, used
 

@@ -46,7 +46,7 @@ __all__ = [
     "STUDENTS", "CalibrationResult", "CheckpointError", "ConversionReport", "DeltaConfig", "DeltaConv2d", "DeltaStream",
     "DeployedDeltaConv2d", "DistillResult", "EveryK", "KeyframePolicy", "MacReport", "Student", "UnsupportedLayerError",
     "calibrate", "convert", "count_macs", "deploy", "distill", "load", "mode", "register_student", "save", "set_mode", "sparsify", "summary", "tune_sparse", "TuneResult",
-    "export_onnx", "OnnxStream", "run_video", "CropStream", "fastest_dense", "RateControl",
+    "export_onnx", "OnnxStream", "run_video", "CropStream", "TileStream", "fastest_dense", "RateControl",
 ]
 __version__ = "0.1.0"
 
@@ -58,7 +58,7 @@ def __getattr__(name: str):
     if name in ("teachers", "video", "metrics", "models", "runtime", "measure", "apps", "train"):
         return importlib.import_module(f".{name}", __name__)
     lazy = {"export_onnx": ".runtime.export", "OnnxStream": ".runtime.onnx_stream", "run_video": ".runtime.run",
-            "CropStream": ".runtime.crop", "fastest_dense": ".runtime.fastest"}
+            "CropStream": ".runtime.crop", "TileStream": ".runtime.tiles", "fastest_dense": ".runtime.fastest"}
     if name in lazy:  # onnx and onnxscript load only when an export or onnxruntime run is asked for
         return getattr(importlib.import_module(lazy[name], __name__), name)
     raise AttributeError(f"module 'deltadistill' has no attribute {name!r}")

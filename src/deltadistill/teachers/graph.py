@@ -106,6 +106,9 @@ class GraphModule(nn.Module):
         #: slot -> value to use instead of computing it (`holding`); slots whose values to keep (`recording`)
         self._held: dict[int, Tensor] | None = None
         self._record: dict[int, Tensor | None] | None = None
+        #: step index -> (op type, node name, attributes), where a front end says what a step is; a runtime
+        #: that executes steps its own way (`runtime.tiles`) reads it, the plain loop never does
+        self.step_ops: dict[int, tuple[str, str, dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ plan building (front ends call these)
     def _new_slot(self) -> int:
@@ -129,13 +132,17 @@ class GraphModule(nn.Module):
         self.convs[name] = module
         return name
 
-    def _step(self, fn: Callable[..., Any], ins: Sequence[int], outs: Sequence[int], module: str | None = None) -> None:
+    def _step(self, fn: Callable[..., Any], ins: Sequence[int], outs: Sequence[int], module: str | None = None,
+              op: tuple[str, str, dict[str, Any]] | None = None) -> None:
+        if op is not None:
+            self.step_ops[len(self._steps)] = op
         self._steps.append((fn, tuple(ins), tuple(outs), module))
 
-    def _sized_step(self, make: SizedMaker, ins: Sequence[int], outs: Sequence[int]) -> None:
+    def _sized_step(self, make: SizedMaker, ins: Sequence[int], outs: Sequence[int],
+                    op: tuple[str, str, dict[str, Any]] | None = None) -> None:
         """A step whose sizes the graph wrote for its native input size; `_fit_sizes` refits it."""
         self._sized[len(self._steps)] = make
-        self._step(make(None), ins, outs)
+        self._step(make(None), ins, outs, op=op)
 
     def _register_const(self, slot: int) -> int:
         self._runtime_consts.add(slot)
@@ -174,12 +181,24 @@ class GraphModule(nn.Module):
 
             self._steps[i] = (record, ins, outs, mod)
         try:
-            self._run(native_inputs, stream_state=None)
+            self._probe_run(native_inputs)
         finally:
             self._steps = steps
         for i, make in self._sized.items():
             fn, ins, outs, mod = self._steps[i]
             self._steps[i] = (make(seen.get(i)), ins, outs, mod)
+
+    def _probe_run(self, inputs: Sequence[Tensor]) -> None:
+        """Run the plan for its shapes only: on fake tensors (no arithmetic, so a probe at a large native
+        size such as IS-Net's 1024x1024 costs milliseconds, not seconds), or for real where a step
+        needs values (a fake run raises there)."""
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        try:
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                self._run(inputs, stream_state=None)
+        except Exception:  # noqa: BLE001 - any step that reads values: the real run below says what is wrong
+            self._run(inputs, stream_state=None)
 
     # ------------------------------------------------------------------ held values (region runtimes)
     @torch.no_grad()

@@ -30,7 +30,8 @@ class ImportedTeacher(Teacher):
     """
 
     def __init__(self, graph: GraphModule, *, name: str, source: str, input_size: tuple[int, int],
-                 value_range: tuple[float, float] = (0.0, 1.0), task: str = "map", map_threshold: float = 0.5) -> None:
+                 value_range: tuple[float, float] = (0.0, 1.0), task: str = "map", map_threshold: float = 0.5,
+                 size_multiple: int | None = None) -> None:
         if task not in IMPORTED_TASKS:
             raise ValueError(f"task {task!r}: an imported teacher is scored as one of {IMPORTED_TASKS} "
                              "(a detector needs its own postprocess: use map)")
@@ -43,7 +44,8 @@ class ImportedTeacher(Teacher):
         self.source = source
         self.value_range = (lo, hi)
         self.map_threshold = float(map_threshold)
-        self.size_multiple = _size_multiple(graph, self.input_size)
+        # a graph that knows its total stride says so; any other is measured with one frame
+        self.size_multiple = size_multiple or _size_multiple(graph, self.input_size)
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
         lo, hi = self.value_range

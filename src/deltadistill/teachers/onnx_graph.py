@@ -9,6 +9,15 @@ all constants is folded at import.
 
 Sizes follow the input: ``Resize`` by ``scales`` scales any input; a ``Resize`` to fixed ``sizes``
 and a pool over the whole map are refitted from a probe at the native size (`GraphModule`).
+
+Half-precision files (IS-Net's, from ``@imgly/background-removal-data``) run in f32: fp16
+initializers and Constants are widened at load, and a ``Cast`` to fp16 casts to f32. Shape arithmetic
+(``Shape``, then ``Slice``/``Gather``/``Concat``/``Cast`` on its result) is evaluated at import, from
+each value's shape at the native input size, which the importer tracks on fake tensors as it emits
+steps. A ``Resize`` whose ``sizes`` come out of it (IS-Net: ``Concat(Shape(x)[0:2], [32, 32])``) is then
+a resize to sizes baked at the native size, and follows the input by the rule every such resize
+follows here: its target is scaled by its input's size now over its input's size at the native input
+(at sides that are multiples of the graph's total stride, the input size over the exported size).
 """
 
 from __future__ import annotations
@@ -74,7 +83,8 @@ class OnnxGraphModule(GraphModule):
     ``forward(x)`` takes the NCHW image and returns the graph's outputs as a tuple.
     """
 
-    def __init__(self, model: str | Path | Any, input_size: tuple[int, int] | None = None) -> None:
+    def __init__(self, model: str | Path | Any, input_size: tuple[int, int] | None = None,
+                 outputs: Sequence[str] | None = None) -> None:
         super().__init__()
         try:
             import onnx
@@ -92,7 +102,7 @@ class OnnxGraphModule(GraphModule):
         g = model.graph
         self._numpy_helper = numpy_helper
         for init in g.initializer:
-            self._consts[self._slot(init.name)] = numpy_helper.to_array(init)
+            self._consts[self._slot(init.name)] = _widen(numpy_helper.to_array(init))
         inputs = [i for i in g.input if i.name not in {init.name for init in g.initializer}]
         if len(inputs) != 1 or len(_dims(inputs[0])) != 4:
             raise OnnxImportError(f"a teacher graph takes one NCHW image; this one takes "
@@ -106,9 +116,13 @@ class OnnxGraphModule(GraphModule):
         self.native_size: tuple[int, int] = (dims[2], dims[3]) if None not in dims[2:] else tuple(input_size)  # type: ignore[assignment]
         self.channels = int(dims[1])
         self._add_input(inputs[0].name)
-        self.output_names = [o.name for o in g.output]
         nodes = list(g.node)
         producer = {out: str(i) for i, node in enumerate(nodes) for out in node.output}
+        self.output_names = list(outputs) if outputs else [o.name for o in g.output]
+        missing = [o for o in self.output_names if o not in producer and o not in {i.name for i in g.input}]
+        if missing:
+            raise OnnxImportError(f"the graph has no value {missing[0]!r} to output; its outputs: "
+                                  f"{[o.name for o in g.output]}")
         order = topo_order([producer[o] for o in self.output_names if o in producer],
                            lambda i: [producer[x] for x in nodes[int(i)].input if x in producer])
         needed = [nodes[int(i)] for i in order]  # only what the outputs need, each node after its inputs
@@ -119,11 +133,19 @@ class OnnxGraphModule(GraphModule):
         for name in self.output_names:
             self._consumers[name] = self._consumers.get(name, 0) + 1
         self._conv_of: dict[str, str] = {}  # a conv's output value -> its module name (for BN folding)
+        # each value's shape at the native size, on fake tensors: only where a Shape node reads one
+        self._fake: dict[int, Any] | None = None
+        if any(node.op_type == "Shape" for node in needed):
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            self._fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+            with self._fake_mode:
+                self._fake = {self._input_slots[0]: torch.zeros(1, self.channels, *self.native_size)}
         for node in needed:
             handler = _OPS.get(node.op_type)
             if handler is None or node.domain not in ("", "ai.onnx"):
                 raise self.unsupported(node)
-            if node.op_type not in ("Constant",) and self._fold(node):
+            if node.op_type not in ("Constant", "Shape") and self._fold(node):
                 continue
             handler(self, node)
         self._output_slots = [self._slot(o) for o in self.output_names]
@@ -132,7 +154,8 @@ class OnnxGraphModule(GraphModule):
         except RuntimeError as e:
             h, w = self.native_size
             raise OnnxImportError(f"the graph does not run at {h}x{w}: {str(e).splitlines()[0]}") from None
-        del self._numpy_helper, self._consumers
+        del self._numpy_helper, self._consumers, self._fake
+        self.__dict__.pop("_fake_mode", None)
 
     # ------------------------------------------------------------------ helpers for handlers
     def unsupported(self, node: Any, detail: str = "") -> UnsupportedOpError:
@@ -160,10 +183,40 @@ class OnnxGraphModule(GraphModule):
     def emit(self, node: Any, fn: Callable[..., Any], ins: Sequence[str], sized: SizedMaker | None = None) -> None:
         slots = [self.runtime(n) for n in ins]
         outs = [self._slot(o) for o in node.output if o]
+        op = (node.op_type, node.name or node.output[0], _attrs(node))
         if sized is not None:
-            self._sized_step(sized, slots, outs)
+            self._sized_step(sized, slots, outs, op=op)
         else:
-            self._step(fn, slots, outs)
+            self._step(fn, slots, outs, op=op)
+
+    def _step(self, fn: Callable[..., Any], ins: Sequence[int], outs: Sequence[int], module: str | None = None,
+              op: tuple[str, str, dict[str, Any]] | None = None) -> None:
+        super()._step(fn, ins, outs, module, op=op)
+        if self._fake is not None:
+            self._track(fn, ins, outs, module)
+
+    def _track(self, fn: Callable[..., Any], ins: Sequence[int], outs: Sequence[int], module: str | None) -> None:
+        """The step's outputs on fake tensors at the native size (shapes only); unknown (absent) where
+        an input is unknown or the step needs real values."""
+        fake = self._fake
+        assert fake is not None
+        values = []
+        for s_ in ins:
+            if s_ in fake:
+                values.append(fake[s_])
+            elif s_ in self._consts:
+                t = torch.from_numpy(np.array(self._consts[s_]))
+                values.append(t.long() if t.dtype == torch.int32 else t)
+            else:
+                return
+        try:
+            with self._fake_mode:
+                r = fn(*values) if module is None else fn(self.convs[module], values[0])
+        except Exception:  # noqa: BLE001 - a step that reads values: its outputs' shapes stay unknown
+            return
+        for o, v in zip(outs, (r,) if len(outs) == 1 else r, strict=True):
+            if isinstance(v, Tensor):
+                fake[o] = v
 
     def _fold(self, node: Any) -> bool:
         """Compute a node whose inputs are all constants now, once; False when it can't be folded."""
@@ -173,7 +226,7 @@ class OnnxGraphModule(GraphModule):
         nn.Module.__init__(probe)
         GraphModule.__init__(probe)
         probe._numpy_helper = self._numpy_helper
-        probe._consumers, probe._conv_of = {}, {}
+        probe._consumers, probe._conv_of, probe._fake = {}, {}, None
         names = [i for i in node.input if i]
         for name in names:
             probe._consts[probe._slot(name)] = self._consts[self._slot(name)]
@@ -189,6 +242,11 @@ class OnnxGraphModule(GraphModule):
 _NO_FOLD = {"Conv", "ConvTranspose", "BatchNormalization"}
 
 
+def _widen(value: np.ndarray) -> np.ndarray:
+    """fp16 (and bf16-free) constants as f32: a half-precision file runs in f32 here."""
+    return value.astype(np.float32) if value.dtype == np.float16 else value
+
+
 # ---------------------------------------------------------------------- constants and element-wise ops
 @_op("Constant")
 def _constant(g: OnnxGraphModule, node: Any) -> None:
@@ -201,7 +259,7 @@ def _constant(g: OnnxGraphModule, node: Any) -> None:
         value = np.array(a.get("value_floats", a.get("value_ints")))
     else:
         raise g.unsupported(node, f"attribute {sorted(a)}")
-    g._consts[g._slot(node.output[0])] = value
+    g._consts[g._slot(node.output[0])] = _widen(value)
 
 
 _UNARY: dict[str, Callable[[Tensor], Tensor]] = {
@@ -292,6 +350,8 @@ def _cast(g: OnnxGraphModule, node: Any) -> None:
     from onnx import helper
 
     dtype = helper.tensor_dtype_to_np_dtype(_attrs(node)["to"])
+    if dtype == np.float16:  # a half-precision file runs in f32
+        dtype = np.dtype(np.float32)
     target = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
     g.emit(node, lambda x: x.to(target), node.input[:1])
 
@@ -342,11 +402,11 @@ def _conv(g: OnnxGraphModule, node: Any) -> None:
     else:
         upper = mode == "same_upper"
         run = lambda m, x: m(_same_pad(x, kernel, stride, dilation, upper))  # noqa: E731
-    _add_conv_step(g, node, conv, w, bias, run)
+    _add_conv_step(g, node, conv, w, bias, run, {"pad_mode": mode, "pads": pads})
 
 
 def _add_conv_step(g: OnnxGraphModule, node: Any, conv: nn.Module, w: np.ndarray, bias: Any,
-                   run: Callable[[nn.Module, Tensor], Tensor]) -> None:
+                   run: Callable[[nn.Module, Tensor], Tensor], extra: dict[str, Any] | None = None) -> None:
     """Load the weights into ``conv``, register it, and emit the step that calls it by name."""
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(w))
@@ -354,7 +414,8 @@ def _add_conv_step(g: OnnxGraphModule, node: Any, conv: nn.Module, w: np.ndarray
             conv.bias.copy_(torch.from_numpy(np.array(bias, dtype=np.float32)))  # type: ignore[union-attr]
     name = g._add_conv(node.name or node.output[0], conv)
     g._conv_of[node.output[0]] = name
-    g._step(run, [g.runtime(node.input[0])], [g._slot(node.output[0])], name)
+    g._step(run, [g.runtime(node.input[0])], [g._slot(node.output[0])], name,
+            op=(node.op_type, node.name or node.output[0], {**_attrs(node), **(extra or {})}))
 
 
 @_op("ConvTranspose")
@@ -510,6 +571,34 @@ def _integer(scales: list[float] | None) -> bool:
 def _concat(g: OnnxGraphModule, node: Any) -> None:
     axis = int(_attrs(node)["axis"])
     g.emit(node, lambda *xs: torch.cat(xs, dim=axis), node.input)
+
+
+@_op("Shape")
+def _shape(g: OnnxGraphModule, node: Any) -> None:
+    """A shape is a constant at import: the input's shape at the native size (tracked on fake tensors)."""
+    src = node.input[0]
+    if g.is_const(src):
+        shape = list(np.shape(g._consts[g._slot(src)]))
+    else:
+        fake = g._fake.get(g._slot(src)) if g._fake is not None else None
+        if fake is None:
+            raise g.unsupported(node, f"the shape of {src!r} is not known at import")
+        shape = list(fake.shape)
+    a = _attrs(node)
+    start, end = int(a.get("start", 0)), a.get("end")
+    g._consts[g._slot(node.output[0])] = np.array(shape[start:None if end is None else int(end)], dtype=np.int64)
+
+
+@_op("Gather")
+def _gather(g: OnnxGraphModule, node: Any) -> None:
+    axis = int(_attrs(node).get("axis", 0))
+    index = torch.from_numpy(np.array(g.const(node, 1), dtype=np.int64))
+
+    def gather(x: Tensor) -> Tensor:
+        i = torch.where(index < 0, index + x.shape[axis], index)
+        return torch.index_select(x, axis, i.reshape(-1)).reshape(*x.shape[:axis], *i.shape, *x.shape[axis + 1:])
+
+    g.emit(node, gather, node.input[:1])
 
 
 @_op("Reshape")

@@ -48,7 +48,7 @@ def parse_range(text: str | None) -> tuple[float, float] | None:
 def resolve_teacher(name_or_path: str, input_size: tuple[int, int] | None = None,
                     value_range: tuple[float, float] | None = None, task: str | None = None,
                     frame_size: tuple[int, int] | None = None) -> nn.Module:
-    """``tinyseg`` (built-in, random weights: for tests), a zoo name (``centernet``, ``selfie``), the
+    """``tinyseg`` (built-in, random weights: for tests), a zoo name (``centernet``, ``selfie``, ``isnet``), the
     path of an ONNX model (``.onnx``) or of a TF.js graph model (``model.json``).
 
     ``input_size`` runs the teacher at that size. Without it, a graph whose sizes are open takes
@@ -76,6 +76,12 @@ def resolve_teacher(name_or_path: str, input_size: tuple[int, int] | None = None
         if value_range:
             raise TeacherError(f"{name_or_path} has its own value range {PACKAGED[name_or_path].value_range}")
         return _imported(lambda size: load_packaged(name_or_path, size, task), input_size, frame_size)
+    if name_or_path == "isnet":  # an ONNX file from npm; by default at the video's content size
+        if value_range or (task and task != "segmentation"):
+            raise TeacherError("isnet is a segmentation teacher with its own value range (-0.5, 0.5)")
+        from .teachers.isnet import default_size
+
+        return teachers.load("isnet", input_size=input_size or default_size(frame_size))
     if name_or_path in teachers.available():
         if value_range or (task and task != teachers.zoo.SPECS[name_or_path].task):
             raise TeacherError(f"{name_or_path} is a zoo teacher with its own value range and task")
@@ -128,11 +134,11 @@ def resolve_recorded(name: str, record: Mapping[str, Any] | None, input_size: tu
     if name not in BUILTIN and Path(name).suffix not in (".onnx", ".json") and size is not None:
         from .. import teachers
 
-        if name in teachers.available() and tuple(size) == teachers.zoo.SPECS[name].input_size:
+        if name in teachers.zoo.SPECS and tuple(size) == teachers.zoo.SPECS[name].input_size:
             size = None  # the native size: load it plainly
     from .packaged import PACKAGED
 
     vr = value_range or (tuple(record["teacher_value_range"]) if record.get("teacher_value_range") else None)
-    if name in PACKAGED:
+    if name in PACKAGED or name == "isnet":
         vr = None  # a packaged teacher's range is its own
     return resolve_teacher(name, input_size=size, value_range=vr, task=task or record.get("teacher_task"))

@@ -130,9 +130,13 @@ class SelfieTeacher(Teacher):
 _CLASSES: dict[str, type[Teacher]] = {"centernet": CenterNetTeacher, "selfie": SelfieTeacher}
 
 
+#: zoo teachers imported from ONNX files in other npm packages (`isnet`), loaded by their own modules
+IMPORTED_ZOO = ("isnet",)
+
+
 def available() -> list[str]:
     """Names accepted by :func:`load`."""
-    return sorted(SPECS)
+    return sorted([*SPECS, *IMPORTED_ZOO])
 
 
 def load(name: str, cache_dir: str | os.PathLike[str] | None = None,
@@ -140,8 +144,13 @@ def load(name: str, cache_dir: str | os.PathLike[str] | None = None,
     """Fetch (if not cached) and convert teacher ``name``; returned in eval mode on CPU.
 
     ``input_size`` ``(H, W)`` runs it at another size than its native one: the graph's resizes and
-    whole-map pools follow the input (sides should be multiples of 32).
+    whole-map pools follow the input (sides should be multiples of 32; 64 for ``isnet``, whose default
+    is its file's 1024x1024).
     """
+    if name == "isnet":
+        from .isnet import load_isnet
+
+        return load_isnet(input_size, cache_dir)  # type: ignore[return-value]
     if name not in SPECS:
         raise KeyError(f"unknown teacher {name!r}; available: {available()}")
     spec = SPECS[name]

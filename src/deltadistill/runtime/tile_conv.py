@@ -1,0 +1,171 @@
+"""One conv of the tile runtime: its committed input, the threshold test, and the two kernels.
+
+The conv keeps ``X``, the input it last computed from, zero-padded and as rows. On a delta frame:
+
+1. the candidates are the input pixels rewritten this frame; a candidate is *active* when its mean
+   ``|x_t - X|`` over channels passes the layer's threshold (the model's `SparseStudent` rule, against
+   the last committed value rather than the keyframe's, so a pixel that moved once is paid once);
+2. ``X`` takes the active pixels' new values;
+3. the outputs whose window holds an active pixel (stride, dilation and padding respected) are
+   recomputed from ``X``: gathered 3x3 patches (im2col) and one matmul, in chunks that fit the cache;
+   or the stock dense conv on ``X`` when their share passes ``dense_level``.
+
+Recomputing from ``X`` rather than adding deltas means nothing accumulates: an output is always the
+conv of a stored input, and a keyframe refills both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .tile_maps import Changed, Slot, rows_view, to_rows
+
+#: bytes of gathered patches per matmul: larger chunks fall out of L2 (the prototype's 20-40% jump)
+CHUNK_BYTES = 1 << 20
+
+
+def conv_pads(conv: nn.Conv2d, attrs: dict, in_hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """``(top, bottom, left, right)`` zero padding of a graph conv step, or None when unknown."""
+    mode = attrs.get("pad_mode", "module")
+    kh, kw = conv.kernel_size
+    (sh, sw), (dh, dw) = conv.stride, conv.dilation
+    if mode == "module":
+        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+            return None
+        ph, pw = conv.padding
+        return ph, ph, pw, pw
+    if mode == "explicit":
+        left, right, top, bottom = attrs["pads"]
+        return top, bottom, left, right
+    if mode in ("same_upper", "same_lower"):
+        out = []
+        for size, k, s, d in zip(in_hw, (kh, kw), (sh, sw), (dh, dw), strict=True):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            out.append((small, big) if mode == "same_upper" else (big, small))
+        return out[0][0], out[0][1], out[1][0], out[1][1]
+    return None
+
+
+class TileConv:
+    """A conv step run over the active pixels of its input (see the module docstring)."""
+
+    kind = "conv"
+
+    def __init__(self, name: str, conv: nn.Conv2d, ins: Sequence[int], outs: Sequence[int],
+                 pads: tuple[int, int, int, int], in_hw: tuple[int, int], out_hw: tuple[int, int],
+                 threshold: float, weights: Tensor | None, dense_level: float, tile: int = 1) -> None:
+        self.name, self.conv = name, conv
+        self.src, self.dst = ins[0], outs[0]
+        self.threshold, self.weights, self.dense_level, self.tile = threshold, weights, dense_level, tile
+        self.in_hw, self.out_hw, self.pads = in_hw, out_hw, pads
+        t, b, left, r = pads
+        h, w = in_hw
+        self.padded_hw = (h + t + b, w + left + r)
+        hp, wp = self.padded_hw
+        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+        self.grouped = conv.groups != 1
+        ys, xs = torch.arange(h), torch.arange(w)
+        #: input pixel -> its row in the padded map
+        self.pad_of = ((ys[:, None] + t) * wp + (xs[None, :] + left)).reshape(-1)
+        oy, ox = torch.arange(out_hw[0]), torch.arange(out_hw[1])
+        #: output pixel -> padded row of its window's first tap; tap k -> offset from there
+        self.base = ((oy[:, None] * sh) * wp + ox[None, :] * sw).reshape(-1)
+        self.offsets = (torch.arange(kh)[:, None] * dh * wp + torch.arange(kw)[None, :] * dw).reshape(-1)
+        wt = conv.weight.detach()
+        self.weight = wt
+        self.bias = conv.bias.detach() if conv.bias is not None else None
+        self.matrix = wt.permute(2, 3, 1, 0).reshape(kh * kw * wt.shape[1], wt.shape[0]).contiguous()
+        self.macs_per_pixel = wt.shape[0] * wt.shape[1] * kh * kw
+        self.chunk = max(16, CHUNK_BYTES // (4 * self.matrix.shape[0]))
+        self.x: Tensor | None = None  # the committed input, padded, as rows
+        #: what the last delta frame did: active input pixels, computed outputs, and whether densely
+        self.last: tuple[int, int, bool] = (0, 0, False)
+
+    # ------------------------------------------------------------------ keyframe
+    def key(self, env: list[Slot]) -> None:
+        src = env[self.src]
+        t, b, left, r = self.pads
+        self.x = to_rows(F.pad(src.nchw, (left, r, t, b))) if any(self.pads) else src.value.clone()
+
+    def dense(self) -> Tensor:
+        """The whole output from the committed input, as rows (the stock kernel, channels-last)."""
+        assert self.x is not None
+        c = self.conv
+        out = F.conv2d(rows_view(self.x, self.padded_hw), self.weight, self.bias, c.stride, 0, c.dilation, c.groups)
+        return to_rows(out)
+
+    # ------------------------------------------------------------------ delta frame
+    def active(self, src: Slot) -> Tensor | None:
+        """Rewritten input pixels whose change against the committed input passes the threshold."""
+        assert src.changed is not None and self.x is not None
+        idx = src.changed.idx
+        new = src.value.index_select(0, idx)
+        diff = (new - self.x.index_select(0, self.pad_of[idx])).abs_()
+        score = diff @ self.weights if self.weights is not None else diff.mean(1)
+        sel = score > self.threshold
+        act = idx[sel]
+        if act.numel() == 0:
+            return None
+        self.x.index_copy_(0, self.pad_of[act], new[sel])
+        return act
+
+    def reach(self, act: Tensor) -> Changed:
+        """Output pixels whose window holds an active input pixel (rounded up to whole tiles)."""
+        h, w = self.in_hw
+        m = torch.zeros(h * w)
+        m[act] = 1.0
+        m = m.view(1, 1, h, w)
+        t, b, left, r = self.pads
+        c = self.conv
+        out = F.max_pool2d(F.pad(m, (left, r, t, b)), c.kernel_size, c.stride, dilation=c.dilation)
+        if self.tile > 1:
+            ho, wo = self.out_hw
+            out = F.max_pool2d(out, self.tile, self.tile, ceil_mode=True)
+            out = out.repeat_interleave(self.tile, 2).repeat_interleave(self.tile, 3)[..., :ho, :wo]
+        return Changed(self.out_hw, out.reshape(-1) > 0)
+
+    def gathered(self, outs: Tensor) -> Tensor:
+        """The conv at output pixels ``outs`` from the committed input: im2col + matmul, chunked."""
+        assert self.x is not None
+        cin = self.x.shape[1]
+        k = self.offsets.numel()
+        res = torch.empty(outs.numel(), self.matrix.shape[1])
+        for s in range(0, outs.numel(), self.chunk):
+            o = outs[s:s + self.chunk]
+            taps = (self.base[o][:, None] + self.offsets[None, :]).reshape(-1)
+            cols = self.x.index_select(0, taps).view(o.numel(), k * cin)
+            if self.bias is not None:
+                torch.addmm(self.bias, cols, self.matrix, out=res[s:s + self.chunk])
+            else:
+                torch.mm(cols, self.matrix, out=res[s:s + self.chunk])
+        return res
+
+    def delta(self, env: list[Slot]) -> int:
+        """Run on a delta frame; returns the MACs computed."""
+        src, dst = env[self.src], env[self.dst]
+        dst.changed = None
+        self.last = (0, 0, False)
+        if src.changed is None:
+            return 0
+        act = self.active(src)
+        if act is None:
+            return 0
+        changed = self.reach(act)
+        n = changed.n
+        dense = self.grouped or n > self.dense_level * self.out_hw[0] * self.out_hw[1]
+        if dense:
+            dst.value = self.dense()
+            macs = self.macs_per_pixel // self.conv.groups * self.out_hw[0] * self.out_hw[1]
+        else:
+            outs = changed.idx
+            dst.value.index_copy_(0, outs, self.gathered(outs))
+            macs = self.macs_per_pixel * n
+        dst.changed = changed
+        self.last = (int(act.numel()), n, dense)
+        return macs
