@@ -32,6 +32,7 @@ from ..tasks import task_for
 from ..train.calibrate import calibrate, sparsify
 from ..video import VideoWriter, iter_frames, letterbox_share, side_by_side, video_info
 from .evaluate import Comparison, channels_last, compare
+from .lower_res import rival_lower_res
 from .report import build_report
 
 
@@ -155,11 +156,16 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
             cmp.teacher_preds, lambda preds: task.accuracy(preds, cmp.teacher_preds)["value"], fastest_ms,
             cmp.delta_ms, accuracy["value"],
             keys_at=(lambda k: keyframe_flags(cmp.changes, k, scene_cut)) if policy is not None else None)
-    if cmp.stages:  # where a crop runtime's delta frames spent their time, medians over delta frames
+        accuracy["rival_lower_res"] = rival_lower_res(
+            teacher, list(iter_frames(video, size, "letterbox", start, stop)), cmp.teacher_preds,
+            lambda preds: task.accuracy(preds, cmp.teacher_preds)["value"],
+            lambda out: task.single(out), accuracy["value"], cmp.delta_ms, fastest["backend"],
+            scale=fastest_ms / fastest["ms"], threads=threads)
+    if cmp.stages:  # where a runtime's delta frames spent their time (crop, tiles): medians over delta frames
         st = cmp.stages[cmp.warmup:] or cmp.stages
-        extra_time["crop_stages"] = {k: float(np.median([d.get(k, 0.0) for d in st]))
-                                     for k in ("active", "computed", "crops", "detect", "run", "paste")}
-        extra_time["crop_stages"]["mean_computed"] = float(np.mean([d["computed"] for d in st]))
+        stages = {k: float(np.median([d.get(k, 0.0) for d in st])) for k in st[0]}
+        stages["mean_computed"] = float(np.mean([d["computed"] for d in st]))
+        extra_time[f"{name_}_stages"] = stages
     traffic = None
     if stream.model is not None:
         two = [teacher.preprocess(f[None]) for f in iter_frames(video, size, "letterbox", start, start + 2)]
@@ -169,7 +175,7 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
                           {"teacher": tc_teacher.compute(), "delta": tc_delta.compute()},
                           {"frame_range": [start, stop], "threads": torch.get_num_threads(), "compiled": compile,
                            "backend": backend, "runtime": runtime, "keyframe_interval": keyframe_interval,
-                           "crop": stream.settings(),
+                           **({name_: stream.settings()} if stream.settings() is not None else {}),
                            "latency_ms": timing, **extra_time,
                            "keyframe_policy": repr(policy) if policy else f"EveryK({keyframe_interval})",
                            "frames_per_keyframe": cmp.keyframe_interval,

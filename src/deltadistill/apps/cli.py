@@ -185,7 +185,9 @@ def bench(
                                     "(mean |change| / mean |frame|; cuts measure 0.2-0.35), for the rival too; "
                                     "0: off"),
     runtime: str = typer.Option("dense", help="dense: the delta model, every op on whole maps; crop: the teacher "
-                                "itself rerun only on boxes around what moved (needs no delta model)"),
+                                "itself rerun only on boxes around what moved (needs no delta model); tiles: a "
+                                "sparse model's delta frames computed only at the pixels its thresholds pass"),
+    threshold_scale: float = typer.Option(1.0, min=0.0, help="--runtime tiles: a factor on every layer's threshold"),
     crop_threshold: float = typer.Option(0.05, min=0.0, help="--runtime crop: a tile is recomputed once a pixel "
                                          "moved this far (share of the input's range; 0.05 is 13 grey levels)"),
     margin: int = typer.Option(0, min=0, help="--runtime crop: context around each box, input pixels "
@@ -203,6 +205,7 @@ def bench(
     from deltadistill.apps.bench import calibrated_model, evaluate_on_video, load_delta_model, sparse_model
     from deltadistill.apps.report import table, write_json
     from deltadistill.runtime.fastest import ENGINES
+    from deltadistill.runtime.streams import RUNTIMES, runtime_names
 
     try:
         from deltadistill.files import check_output_file
@@ -215,9 +218,9 @@ def bench(
 
             require_all((*EXPORT, *ONNXRUNTIME), "deltadistill bench --backend onnxruntime")
         sweep_budgets = _floats(budgets, "--budgets")
-        if runtime not in ("dense", "crop"):
-            raise ValueError(f"--runtime must be one of dense, crop, not {runtime!r}")
-        crop = runtime == "crop"
+        if runtime not in runtime_names():
+            raise ValueError(f"--runtime must be one of {', '.join(runtime_names())}, not {runtime!r}")
+        crop = RUNTIMES[runtime].teacher_only
         if crop and sweep:
             raise ValueError("--sweep sweeps delta models; with --runtime crop, run bench once per --crop-threshold")
         if crop and any(x is not None for x in (model, budget, sparse)):
@@ -253,7 +256,8 @@ def bench(
                                       out_video=render, name=getattr(t, "name", teacher), compile=compile,
                                       backend=backend,
                                       scene_cut=scene_cut or None, runtime=runtime,
-                                      crop={"threshold": crop_threshold, "margin": margin or None, "reach": reach},
+                                      crop={"threshold": crop_threshold, "margin": margin or None, "reach": reach,
+                                            "threshold_scale": threshold_scale},
                                       engines=ENGINES if fastest else None, target=target,
                                       rate={"mode": rate_mode})
         if sweep:
@@ -333,8 +337,10 @@ def run(
     jsonl: Optional[Path] = typer.Option(None, help="one JSON line per frame"),
     backend: str = typer.Option("torch", help="torch, onnxruntime or openvino (the last two export a checkpoint "
                                 "once, into MODEL/onnx; openvino also runs the plain teacher)"),
-    runtime: str = typer.Option("dense", help="dense, or crop: no delta model, the teacher rerun only on boxes "
-                                "around what moved (torch or openvino)"),
+    runtime: str = typer.Option("dense", help="dense; crop: no delta model, the teacher rerun only on boxes "
+                                "around what moved (torch or openvino); tiles: a sparse model's delta frames "
+                                "computed only at the pixels its thresholds pass (torch)"),
+    threshold_scale: float = typer.Option(1.0, min=0.0, help="--runtime tiles: a factor on every layer's threshold"),
     crop_threshold: float = typer.Option(0.05, min=0.0, help="--runtime crop: how far a pixel must move for its "
                                          "tile to be recomputed (share of the input's range)"),
     keyframe_interval: int = typer.Option(4, min=1),
@@ -354,7 +360,7 @@ def run(
     from deltadistill.runtime.batch import run_many, video_list
     from deltadistill.runtime.resolve import cached_export, is_export
     from deltadistill.runtime.run import run_video
-    from deltadistill.runtime.streams import BACKENDS
+    from deltadistill.runtime.streams import BACKENDS, RUNTIMES, runtime_names
     from deltadistill.teachers.resolve import teacher_record
 
     try:
@@ -369,12 +375,17 @@ def run(
             rate_policy(m, target, keyframe_interval, scene_cut or None, tuple(t.input_size),
                         backend != "torch" or runtime != "dense", {"mode": rate_mode})
         onnx_dir = None
-        if runtime not in ("dense", "crop"):
-            raise ValueError(f"--runtime must be dense or crop, not {runtime!r}")
-        if runtime == "crop":
-            if model is not None or backend == "onnxruntime":
-                raise ValueError("--runtime crop reruns the teacher itself on torch or openvino: give --teacher, "
-                                 "not --model, and not --backend onnxruntime")
+        if runtime not in runtime_names():
+            raise ValueError(f"--runtime must be one of {', '.join(runtime_names())}, not {runtime!r}")
+        kind = RUNTIMES[runtime]
+        if kind.teacher_only and model is not None:
+            raise ValueError(f"--runtime {runtime} reruns the teacher itself: give --teacher, not --model")
+        if runtime != "dense" and backend not in kind.backends:
+            raise ValueError(f"--runtime {runtime} runs on {' or '.join(kind.backends)}, not --backend {backend}")
+        if not kind.teacher_only and runtime != "dense" and m is None:
+            raise ValueError(f"--runtime {runtime} runs a delta model: give --model (a checkpoint)")
+        if runtime != "dense":  # the other runtimes run the torch model or the teacher: nothing to export
+            onnx_dir = None
         elif backend == "openvino" and model is not None:
             from deltadistill.extras import EXPORT, require_all
 
@@ -400,7 +411,7 @@ def run(
                              target=target, rate={"mode": rate_mode},
                              jsonl=lines, threads=threads or None, scene_cut=scene_cut or None,
                              progress=len(videos) == 1, backend=backend, runtime=runtime,
-                             crop={"threshold": crop_threshold})
+                             crop={"threshold": crop_threshold, "threshold_scale": threshold_scale})
 
         if len(videos) == 1 and out_dir is None and not render:
             summary = one(videos[0], out, jsonl)

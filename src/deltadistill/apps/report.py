@@ -90,6 +90,12 @@ def table(report: dict[str, Any]) -> str:
         at = next(i for i, r in enumerate(rows) if r[0] == acc["metric"]) + 1
         rows.insert(at + 1 if rival else at, (f"rival at equal time (K={timed['interval']:.2f})", "", f"{timed['value']:.3f}",
                                               rival_words(acc["value"], timed)))
+    low = acc.get("rival_lower_res")
+    if low and low.get("value") is not None:
+        at = next(i for i, r in enumerate(rows) if r[0] == acc["metric"]) + 1 + bool(rival) + bool(timed)
+        h, w = low["input_size"]
+        rows.insert(at, (f"rival at lower res ({h}x{w}, every frame)", "", f"{low['value']:.3f}",
+                         rival_words(acc["value"], low)))
     held = report.get("rate")
     if held:
         rows.insert(2, (f"cost target (over every {held['window']} frames)", "", f"{held['target']:g}x",

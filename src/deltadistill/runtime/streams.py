@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -89,6 +89,10 @@ class FrameStream:
     teacher_only: ClassVar[bool] = False
     #: whether `RateControl` can steer it frame by frame (the torch model's layers, uncompiled)
     steerable: ClassVar[bool] = False
+    #: chosen with ``--runtime NAME`` (False: chosen by the backend, as the exported graphs are)
+    selectable: ClassVar[bool] = True
+    #: the options of `StreamSetup.options` it takes; others (another runtime's) are left out
+    option_names: ClassVar[tuple[str, ...]] = ()
 
     setup: StreamSetup
     last_key: bool = True
@@ -144,6 +148,11 @@ def resolve(runtime: str, backend: str, model: nn.Module | None, onnx_dir: Path 
     return runtime
 
 
+def runtime_names() -> list[str]:
+    """What ``--runtime`` takes."""
+    return [n for n, cls in RUNTIMES.items() if cls.selectable]
+
+
 def open_stream(name: str, setup: StreamSetup) -> FrameStream:
     """The stream ``name`` over ``setup``, refused in one line where it cannot run it."""
     cls = RUNTIMES.get(name)
@@ -154,6 +163,7 @@ def open_stream(name: str, setup: StreamSetup) -> FrameStream:
     if setup.compile and name != "dense":
         raise RuntimeChoiceError(f"--compile is torch.compile: it has no meaning for the {name} runtime "
                                  f"on {setup.backend}")
+    setup = replace(setup, options={k: v for k, v in setup.options.items() if k in cls.option_names})
     return cls(setup)  # type: ignore[call-arg]
 
 
@@ -243,6 +253,7 @@ class ExportedStream(FrameStream):
 
     name = "onnx"
     backends = ("onnxruntime", "openvino")
+    selectable = False
 
     def __init__(self, setup: StreamSetup) -> None:
         from .onnx_stream import OnnxStream
@@ -321,6 +332,8 @@ class CroppedStream(FrameStream):
     name = "crop"
     backends = ("torch", "openvino")
     teacher_only = True
+    option_names = ("threshold", "tile", "margin", "reach", "bucket", "align", "min_tiles", "max_crops", "rekey",
+                    "hold_gates", "cache_dir")
 
     def __init__(self, setup: StreamSetup) -> None:
         from .crop import CropStream
@@ -363,3 +376,49 @@ class CroppedStream(FrameStream):
         if self.last_key:
             return None
         return {"active": s.last_active, "computed": s.last_cost, "crops": len(s.last_crops), **s.last_ms}
+
+
+@register_runtime
+class TiledStream(FrameStream):
+    """A sparse delta model's delta frames computed only at the pixels its thresholds pass
+    (`tiles.TileStream`), in time. Its options: ``threshold_scale``, ``dense_level``, ``tile``."""
+
+    name = "tiles"
+    backends = ("torch",)
+    option_names = ("threshold_scale", "dense_level", "tile")
+
+    def __init__(self, setup: StreamSetup) -> None:
+        from .tiles import TileStream
+
+        if setup.model is None:
+            raise RuntimeChoiceError("the tiles runtime runs a sparse delta model: give --model or --sparse")
+        self.setup = setup
+        self.stream = TileStream(setup.model, setup.policy(), **setup.options)
+        self.model = setup.model
+        self.measured = True
+        self._teacher = teacher_macs(setup.teacher, setup.size)
+
+    @property
+    def policy(self) -> KeyframePolicy:
+        return self.stream.policy
+
+    def __call__(self, x: Tensor) -> Any:
+        y = self.stream(x)
+        self.last_key = bool(self.stream.last_key)
+        return y
+
+    def account(self) -> float | None:
+        return self._teacher if self.last_key else self.stream.last_macs
+
+    def mac_report(self) -> MacReport:
+        return MacReport(self._teacher, self._teacher, self._teacher, self.setup.keyframe_interval, [])
+
+    def settings(self) -> dict[str, Any] | None:
+        s = self.stream
+        return {"threshold_scale": s.threshold_scale, "dense_level": s.dense_level, "tile": s.tile,
+                "dense_ops": [f"{op} {node}: {why}" for _, op, node, why in s.fallbacks]}
+
+    def stages(self) -> dict[str, float] | None:
+        if self.last_key:
+            return None
+        return {"computed": self.stream.last_cost, **self.stream.last_ms}
