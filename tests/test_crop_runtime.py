@@ -208,6 +208,18 @@ def test_a_model_it_cannot_crop_is_refused_in_one_line(tmp_path):
         CropStream(plain, hold_gates=False, align=8, margin=12)
 
 
+def test_a_stride_1_graph_crops_on_its_own_grid(tmp_path):
+    """A graph with no stride takes any frame size: the crop runtime aligns to the teacher's own stride
+    (1 here), not the zoo's 32, and is exact at threshold 0. Breakage caught: align defaulting to 32
+    refused the 72x104 frame as "not a multiple of the stride 32" (issue 29, 19)."""
+    teacher = _net(tmp_path, blur=True)
+    assert teacher.size_multiple == 1 and H % 32
+    stream = CropStream(teacher, keyframe=100, threshold=0.0, tile=8, reach=1, hold_gates=False)
+    assert stream.align == 1
+    err, costs = _run(stream, teacher, _clip())
+    assert err < 1e-5 and min(costs) < 0.5
+
+
 def test_rival_equal_time_by_hand():
     """Teacher 10 ms on its fastest path, delta model 4 ms: K_t = 2.5, between the rival's scores at
     K=2 and K=3, interpolated in 1/K; a model slower than the teacher is told so."""

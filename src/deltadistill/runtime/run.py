@@ -49,7 +49,8 @@ class RunSummary:
         macs = ("MACs per frame not measured by onnxruntime" if self.macs_per_frame is None else
                 f"{self.macs_per_frame / 1e9:.2f} GMAC per frame ({'measured, ' if self.macs_measured else ''}"
                 f"teacher {self.teacher_macs_per_frame / 1e9:.2f}, "
-                f"{self.teacher_macs_per_frame / max(self.macs_per_frame, 1):.2f}x fewer)")
+                + (f"{self.teacher_macs_per_frame / max(self.macs_per_frame, 1):.2f}x fewer)"
+                   if self.teacher_macs_per_frame else "no MACs to save)"))
         held = "" if self.rate is None else (
             f"; target {self.rate['target']:g}x, held {self.rate['achieved']:.2f}x "
             f"({self.rate['window_min']:.2f}-{self.rate['window_max']:.2f}x over every {self.rate['window']} frames)")
