@@ -63,6 +63,29 @@ CASES = [
     ("demo --target 3y --out {O}", "cost target '3y' is not a ratio"),
     ("demo --teacher centernet --steps 5 --target 3x --out {O}", "--target steers sparse students"),
     ("demo --target 4x --out {O}", "above what a keyframe every 4 frames allows"),
+    # issue 29: tracebacks, and impossible values taken silently
+    ("run --teacher selfie --video {V} --threads -1 --jsonl {O}", "--threads must be 0"),
+    ("bench --teacher selfie --video {V} --sparse 0.1 --start 20 --threads -1 --json {O}", "--threads must be 0"),
+    ("demo --threads -1 --out {O}", "--threads must be 0"),
+    ("run --teacher {G} --video {V} --jsonl {O}", "takes 1-channel input; deltadistill feeds RGB frames"),
+    ("demo --teacher {G} --out {O}", "takes 1-channel input"),
+    ("run --teacher {W} --video {V} --jsonl {O}", "is uint8, but frames go in as floats"),
+    ("bench --teacher {Z} --video {V} --runtime crop --start 20 --json {O}", "has no convolutions"),
+    ("run --teacher {Z} --video {V} --runtime crop --jsonl {O}", "has no convolutions"),
+    ("run --teacher {N} --video {V} --input-size 100000x100000 --jsonl {O}", "too large for this machine"),
+    ("bench --teacher selfie --video {V} --sparse nan --start 20 --json {O}", "--sparse must be a finite number"),
+    ("bench --teacher selfie --video {V} --sparse inf --start 20 --json {O}", "--sparse must be a finite number"),
+    ("bench --teacher selfie --video {V} --sparse -1 --start 20 --json {O}", "cannot be negative"),
+    ("run --teacher {N} --video {V} --value-range 0,inf --jsonl {O}", "--value-range must be two finite numbers"),
+    ("run --teacher {N} --video {V} --value-range -1e309,1 --jsonl {O}", "--value-range must be two finite"),
+    ("run --teacher {N} --video {V} --value-range 1,0 --jsonl {O}", "low below high"),
+    ("run --teacher {N} --video {V} --runtime crop --crop-threshold 5 --jsonl {O}", "nothing would ever be recomputed"),
+    ("bench --teacher selfie --video {V} --runtime crop --crop-threshold 5 --start 20 --json {O}",
+     "nothing would ever be recomputed"),
+    ("run --teacher selfie --video {V} --rate-mode bogus --jsonl {O}", "--rate-mode must be one of threshold, topk"),
+    ("bench --model {M} --video {V} --rate-mode bogus --json {O}", "--rate-mode must be one of"),
+    ("run --teacher selfie --video {V} --scene-cut inf --jsonl {O}", "--scene-cut must be a finite number"),
+    ("bench --teacher selfie --video {V} --sparse 0.1 --start 20 --scene-cut inf --json {O}", "--scene-cut must be"),
 ]
 
 
@@ -83,22 +106,33 @@ def places(tmp_path_factory) -> dict[str, str]:
     _onnx_files(root)
     return {"V": str(default_videos()["bikes"]), "T": str(root / "text.mp4"), "D": str(root / "dir"),
             "F": str(root / "full"), "M": str(root / "selfie_model"), "root": str(root),
-            "U": str(root / "nonzero.onnx"), "X": str(root / "text.onnx"), "N": str(root / "net.onnx")}
+            "U": str(root / "nonzero.onnx"), "X": str(root / "text.onnx"), "N": str(root / "net.onnx"),
+            "G": str(root / "grey.onnx"), "W": str(root / "uint8.onnx"), "Z": str(root / "noconv.onnx")}
 
 
 def _onnx_files(root: Path) -> None:
-    """``nonzero.onnx``: a conv, then an op the importer lacks; ``net.onnx``: a conv the importer takes."""
+    """``nonzero.onnx``: a conv, then an op the importer lacks; ``net.onnx``: a conv the importer takes;
+    ``grey.onnx``: one input channel; ``uint8.onnx``: a uint8 input; ``noconv.onnx``: no conv at all."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])
-    for name, nodes, out in (
-            ("nonzero", [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
-                         helper.make_node("NonZero", ["y"], ["z"], name="find_them")], "z"),
-            ("net", [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "y")):
-        graph = helper.make_graph(nodes, name, [x], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], [w])
+    def x(channels: int = 3, kind: int = TensorProto.FLOAT):
+        return helper.make_tensor_value_info("x", kind, [1, channels, 32, 32])
+
+    def w(channels: int = 3):
+        return [numpy_helper.from_array(np.ones((4, channels, 1, 1), np.float32), "w")]
+
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv")
+    for name, nodes, inp, consts, out in (
+            ("nonzero", [conv, helper.make_node("NonZero", ["y"], ["z"], name="find_them")], x(), w(), "z"),
+            ("net", [conv], x(), w(), "y"),
+            ("grey", [conv], x(1), w(1), "y"),
+            ("uint8", [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT, name="cast"),
+                       helper.make_node("Conv", ["f", "w"], ["y"], name="conv")], x(3, TensorProto.UINT8), w(), "y"),
+            ("noconv", [helper.make_node("Relu", ["x"], ["y"], name="relu")], x(), [], "y")):
+        graph = helper.make_graph(nodes, name, [inp], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                                  consts)
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / f"{name}.onnx")
 
 

@@ -138,10 +138,29 @@ def demo(
     from deltadistill.apps.demo import run_demo
 
     try:
+        _check_options(threads, budget=budget)
         run_demo(teacher, out, quick=quick, threads=threads or None, steps=steps, budget=budget,
                  teacher_options={"input_size": input_size, "value_range": value_range, "task": task}, target=target)
     except _user_errors() as e:
         _fail(e)
+
+
+def _check_options(threads: int = 0, rate_mode: str | None = None, **finite: float | None) -> None:
+    """Refuse, before any work, option values torch or the controller would take silently or with a
+    traceback: negative thread counts, an unknown --rate-mode (even without --target), and NaN or
+    infinite numbers (each name in ``finite`` is an option, as ``--scene-cut`` is ``scene_cut``)."""
+    import math
+
+    if threads < 0:
+        raise ValueError(f"--threads must be 0 (the backend's default) or a positive count, not {threads}")
+    if rate_mode is not None:
+        from deltadistill.rate import MODES
+
+        if rate_mode not in MODES:
+            raise ValueError(f"--rate-mode must be one of {', '.join(MODES)}, not {rate_mode!r}")
+    for name, value in finite.items():
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -214,6 +233,10 @@ def bench(
             from deltadistill.extras import EXPORT, ONNXRUNTIME, require_all
 
             require_all((*EXPORT, *ONNXRUNTIME), "deltadistill bench --backend onnxruntime")
+        _check_options(threads, rate_mode, sparse=sparse, sparse_stem=sparse_stem, scene_cut=scene_cut,
+                       crop_threshold=crop_threshold, budget=budget)
+        if sparse is not None and sparse < 0:
+            raise ValueError(f"--sparse is a threshold (x each layer's mean |input|) and cannot be negative, not {sparse}")
         sweep_budgets = _floats(budgets, "--budgets")
         if runtime not in ("dense", "crop"):
             raise ValueError(f"--runtime must be one of dense, crop, not {runtime!r}")
@@ -359,6 +382,7 @@ def run(
     try:
         if backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        _check_options(threads, rate_mode, scene_cut=scene_cut, crop_threshold=crop_threshold)
         videos = video_list(video, videos_from)
         first = Path(videos[0]) if videos and Path(videos[0]).is_file() else None
         t, name, m = _load_for_run(model, teacher, input_size, value_range, task, video=first)
