@@ -389,6 +389,10 @@ def run(
         if target is not None:  # before any export or output: a target the model cannot hold is one line
             from deltadistill.rate import rate_policy
 
+            if model is not None and m is None:
+                raise ValueError(f"--target steers a delta model's sparse layers frame by frame, and {model} is an "
+                                 "ONNX export: give the model directory it was exported from")
+
             rate_policy(m, target, keyframe_interval, scene_cut or None, tuple(t.input_size),
                         backend != "torch" or runtime != "dense", {"mode": rate_mode})
         onnx_dir = None
