@@ -49,6 +49,7 @@ CASES = [
     ("run --teacher selfie --video {V} --video {V} --jsonl {O}", "give --out-dir"),
     ("run --teacher selfie --jsonl {O}", "no videos"),
     ("run --teacher selfie --video {V} --videos-from /nope.txt --jsonl {O}", "video list not found"),
+    ("run --teacher selfie --videos-from {L} --out-dir {P}", "video not found: /nope.mp4"),
     ("run --teacher {U} --video {V} --jsonl {O}", "unsupported ONNX op 'NonZero' in node 'find_them' (inputs: y)"),
     ("bench --teacher {X} --video {V} --sparse 0.1 --start 20 --json {O}", "is not a readable ONNX model"),
     ("run --teacher ppocr-det --video {V} --input-size 100x7 --jsonl {O}", "multiples of 32, got 100x7"),
@@ -63,6 +64,7 @@ CASES = [
     ("demo --target 3y --out {O}", "cost target '3y' is not a ratio"),
     ("demo --teacher centernet --steps 5 --target 3x --out {O}", "--target steers sparse students"),
     ("demo --target 4x --out {O}", "above what a keyframe every 4 frames allows"),
+    ("demo --target 3.95x --quick --out {O}", "3.95x is above this model's maximum"),
     # issue 29: tracebacks, and impossible values taken silently
     ("run --teacher selfie --video {V} --threads -1 --jsonl {O}", "--threads must be 0"),
     ("bench --teacher selfie --video {V} --sparse 0.1 --start 20 --threads -1 --json {O}", "--threads must be 0"),
@@ -103,10 +105,12 @@ def places(tmp_path_factory) -> dict[str, str]:
         layer.students["sparse"].threshold.fill_(0.1)
     dd.save(dd.deploy(model), root / "selfie_model", extra={"teacher": "selfie"})
     (root / "text.onnx").write_text("not a graph\n")
+    (root / "list.txt").write_text(f"{default_videos()['carphone_pristine']}\n/nope.mp4\n")  # a good one first
     _onnx_files(root)
     return {"V": str(default_videos()["bikes"]), "T": str(root / "text.mp4"), "D": str(root / "dir"),
             "F": str(root / "full"), "M": str(root / "selfie_model"), "root": str(root),
             "U": str(root / "nonzero.onnx"), "X": str(root / "text.onnx"), "N": str(root / "net.onnx"),
+            "L": str(root / "list.txt"), "P": str(root / "dir" / "never"),
             "G": str(root / "grey.onnx"), "W": str(root / "uint8.onnx"), "Z": str(root / "noconv.onnx")}
 
 
