@@ -152,3 +152,24 @@ def test_bad_input_gets_one_line_and_exit_2_and_leaves_nothing(places: dict[str,
     assert len(err) == 1 and words.format(**places) in err[0] and err[0].startswith("error: "), err
     assert not (tmp_path / "never").exists()  # no output, not even its directory
     assert {p: sorted(Path(places[p]).rglob("*")) for p in ("D", "F", "M")} == before  # nothing touched
+
+
+@pytest.mark.parametrize("data,words", [(b"", "no frames on standard input: it is empty"),
+                                        (b"garbage\n", "cannot read video from standard input")])
+def test_bad_standard_input_is_one_line_without_a_progress_bar(places: dict[str, str], data: bytes, words: str,
+                                                               tmp_path: Path) -> None:
+    """`run --video -` on an empty or garbage pipe, in a real process with a real stdin: only the error
+    line on stderr. Breakage caught: the progress bar drawn before the first frame was read (two
+    lines), and an empty pipe reported as ffmpeg's "Invalid data found" (issue 29, 14)."""
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(dd.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "never" / "seen.jsonl"
+    r = subprocess.run([sys.executable, "-m", "deltadistill", "run", "--teacher", places["N"], "--video", "-",
+                        "--jsonl", str(out)], input=data, capture_output=True, env=env, timeout=300)
+    err = [x for x in r.stderr.decode().splitlines() if x.strip()]
+    assert r.returncode == 2 and len(err) == 1 and words in err[0] and err[0].startswith("error: "), err
+    assert not (tmp_path / "never").exists()

@@ -7,6 +7,7 @@ measured frames per second and MACs per frame.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from ..modes import delta_layers
 from ..rate import rate_policy
 from ..stream import DeltaStream, SceneCut
 from ..tasks import DETECTION_SCORE_THRESHOLD, task_for
-from ..video import VideoWriter, fit_frame, is_live, iter_frames, video_info
+from ..video import VideoError, VideoWriter, fit_frame, is_live, iter_frames, video_info
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 
@@ -143,6 +144,10 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
 
                 plain = dense_runner(teacher, "openvino", size, threads=threads)  # type: ignore[arg-type]
     measured = cropping or (onnx_dir is None and stream is not None and has_measured_macs(stream.model))
+    frames = iter_frames(video)
+    first = next(frames, None)  # before the progress bar and the writer: an unreadable pipe is one line
+    if first is None:
+        raise VideoError(f"no frames in {'standard input' if str(video) == '-' else video}")
     records: list[dict] = []
     total_macs, keys, n = 0.0, 0, 0
     writer = VideoWriter(out, fps=info.fps if info else 25.0).__enter__() if out else None
@@ -150,7 +155,7 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
-            for i, raw in enumerate(iter_frames(video)):
+            for i, raw in enumerate(itertools.chain([first], frames)):
                 frame, box = fit_frame(raw, size, "letterbox")
                 x = teacher.preprocess(frame[None]).contiguous(memory_format=torch.channels_last)
                 if stream is None:

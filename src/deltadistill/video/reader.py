@@ -65,6 +65,9 @@ def is_live(path: str | Path) -> bool:
 
 def _open(path: str | Path) -> av.container.InputContainer:
     if is_live(path):
+        peek = getattr(sys.stdin.buffer, "peek", None) if str(path) == "-" else None
+        if peek is not None and not peek(1):  # at its end already: ffmpeg would call it "invalid data"
+            raise VideoError("no frames on standard input: it is empty")
         try:
             return av.open(sys.stdin.buffer if str(path) == "-" else str(path), mode="r")
         except (av.error.FFmpegError, OSError) as e:
