@@ -86,6 +86,11 @@ CASES = [
      "nothing would ever be recomputed"),
     ("run --teacher selfie --video {V} --rate-mode bogus --jsonl {O}", "--rate-mode must be one of threshold, topk"),
     ("bench --model {M} --video {V} --rate-mode bogus --json {O}", "--rate-mode must be one of"),
+    ("bench --teacher selfie --video {J} --sparse 0.1 --calib-videos {V} --json {O}",
+     "bench times frames after a warm-up of 3: frames 0..0 of one.mp4 are 1"),
+    ("bench --teacher selfie --video {Q} --sparse 0.1 --start 30 --json {O}", "past the last good frame 22"),
+    ("bench --teacher selfie --video {V} --sparse 0.1 --start 20 --sweep --intervals 2,abc --json {O}",
+     "--intervals must be comma-separated whole numbers, got '2,abc'"),
     ("run --teacher selfie --video {V} --scene-cut inf --jsonl {O}", "--scene-cut must be a finite number"),
     ("bench --teacher selfie --video {V} --sparse 0.1 --start 20 --scene-cut inf --json {O}", "--scene-cut must be"),
 ]
@@ -107,11 +112,38 @@ def places(tmp_path_factory) -> dict[str, str]:
     (root / "text.onnx").write_text("not a graph\n")
     (root / "list.txt").write_text(f"{default_videos()['carphone_pristine']}\n/nope.mp4\n")  # a good one first
     _onnx_files(root)
+    _damaged_videos(root)
     return {"V": str(default_videos()["bikes"]), "T": str(root / "text.mp4"), "D": str(root / "dir"),
             "F": str(root / "full"), "M": str(root / "selfie_model"), "root": str(root),
             "U": str(root / "nonzero.onnx"), "X": str(root / "text.onnx"), "N": str(root / "net.onnx"),
+            "J": str(root / "one.mp4"), "Q": str(root / "tail.mp4"), "K": str(root / "cut.mkv"),
             "L": str(root / "list.txt"), "P": str(root / "dir" / "never"),
             "G": str(root / "grey.onnx"), "W": str(root / "uint8.onnx"), "Z": str(root / "noconv.onnx")}
+
+
+def _damaged_videos(root: Path) -> None:
+    """``one.mp4``: one frame; ``tail.mp4``: 40 frames declared, its data zeroed from the middle on (frames
+    0..22 decode); ``cut.mkv``: 40 frames declared, the file cut at half (frames 0..19 decode)."""
+    import av
+
+    from deltadistill.video import iter_frames
+
+    def write(path: Path, fmt: str, n: int) -> bytes:
+        with av.open(str(path), mode="w", format=fmt) as out:
+            s = out.add_stream("mpeg4", rate=25)
+            s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+            for f in iter_frames(default_videos()["bikes"], size=(240, 320), stop=n):
+                out.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+            out.mux(s.encode())
+        return path.read_bytes()
+
+    write(root / "one.mp4", "mp4", 1)
+    data = bytearray(write(root / "tail.mp4", "mp4", 40))
+    moov = data.find(b"moov")  # the index, at the end: the frames before it stay listed
+    data[moov // 2:moov - 8] = bytes(moov - 8 - moov // 2)
+    (root / "tail.mp4").write_bytes(bytes(data))
+    whole = write(root / "cut.mkv", "matroska", 40)
+    (root / "cut.mkv").write_bytes(whole[:len(whole) // 2])
 
 
 def _onnx_files(root: Path) -> None:
@@ -173,3 +205,17 @@ def test_bad_standard_input_is_one_line_without_a_progress_bar(places: dict[str,
     err = [x for x in r.stderr.decode().splitlines() if x.strip()]
     assert r.returncode == 2 and len(err) == 1 and words in err[0] and err[0].startswith("error: "), err
     assert not (tmp_path / "never").exists()
+
+
+def test_a_damaged_video_warns_once_in_one_line(places: dict[str, str], tmp_path: Path) -> None:
+    """`run` on a video cut off at half: one warning line on stderr, naming the file and the last good
+    frame, without the library's source path, then the run on the good frames. Breakage caught:
+    Python's default format (``reader.py:NNN: VideoWarning: ...`` and the source line) and the
+    warning printed twice, once when counting frames and once when running (issue 29, 18)."""
+    out = tmp_path / "seen.jsonl"
+    r = CliRunner().invoke(app, ["run", "--teacher", places["N"], "--video", places["K"], "--jsonl", str(out)])
+    assert r.exit_code == 0, r.stderr[-2000:]
+    said = [x for x in r.stderr.splitlines() if "last good" in x or "reader.py" in x or "warnings.warn" in x]
+    assert said == ["warning: cut.mkv: frame 19 is the last good one; the file declares 40 frames: it is cut off "
+                    "or damaged. Using the 20 frames before the damage."], said
+    assert len(out.read_text().splitlines()) == 20

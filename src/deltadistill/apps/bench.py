@@ -33,7 +33,7 @@ from ..teachers.graph import conv_stats
 from ..traffic import measure_traffic
 from ..train.calibrate import calibrate, sparsify
 from ..video import VideoWriter, iter_frames, letterbox_share, side_by_side, video_info
-from .evaluate import Comparison, compare
+from .evaluate import WARMUP, Comparison, compare
 from .fastest import ENGINES, dense_runner, fastest_dense
 from .report import build_report
 
@@ -49,6 +49,18 @@ def load_delta_model(teacher: nn.Module, model_dir: str | Path) -> nn.Module:
 
 RUNTIMES = ("dense", "crop")
 BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
+def check_frames(video: str | Path, start: int, stop: int | None, keyframe_interval: int, compile: bool = False) -> None:
+    """Refuse, before any progress bar or output, a span of ``video`` with no frame to time after the
+    warm-up (a one-frame video, a --start near the end)."""
+    n = video_info(video).frames
+    stop = min(stop or n, n)
+    warmup = max(WARMUP, 2 * keyframe_interval + 1) if compile else WARMUP  # as `compare` times them
+    if start < stop <= start + warmup:
+        raise ValueError(f"bench times frames after a warm-up of {warmup}: frames {start}..{stop - 1} of "
+                         f"{Path(video).name} are {stop - start}; give a longer video, more --frames or an "
+                         "earlier --start")
 
 
 def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | Path, *, keyframe_interval: int,
@@ -87,6 +99,7 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
     stop = min(stop or info.frames, info.frames)
     if start >= stop:
         raise ValueError(f"--start {start} is past the end: {Path(video).name} has {info.frames} frames")
+    check_frames(video, start, stop, keyframe_interval, compile)
     if runtime == "crop":
         teacher_macs = conv_stats(teacher, torch.zeros(1, 3, *size))["macs"]
         macs = MacReport(teacher_macs, teacher_macs, teacher_macs, keyframe_interval, [])

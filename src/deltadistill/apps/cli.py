@@ -14,6 +14,28 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @app.callback()
 def _root() -> None:
     """Delta Distillation: make a per-frame video CNN cheaper per frame."""
+    _one_line_warnings()
+
+
+def _one_line_warnings() -> None:
+    """Warnings meant for the user (a damaged video) as one line, ``warning: ...``, without the
+    library's source path and line that Python's default format adds."""
+    import warnings
+
+    from deltadistill.video import VideoWarning
+
+    shown = warnings.showwarning
+    if getattr(shown, "one_line", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' own signature
+        if issubclass(category, VideoWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.one_line = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError)
@@ -163,6 +185,17 @@ def _check_options(threads: int = 0, rate_mode: str | None = None, **finite: flo
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
 
 
+def _ints(text: str, what: str) -> list[int]:
+    """Comma-separated keyframe intervals, each at least 1."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{what} must be whole numbers of at least 1, got {text!r}")
+    return values
+
+
 def _floats(text: str, what: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -238,6 +271,7 @@ def bench(
         if sparse is not None and sparse < 0:
             raise ValueError(f"--sparse is a threshold (x each layer's mean |input|) and cannot be negative, not {sparse}")
         sweep_budgets = _floats(budgets, "--budgets")
+        sweep_intervals = _ints(intervals, "--intervals")  # before the main run, not after it
         if runtime not in ("dense", "crop"):
             raise ValueError(f"--runtime must be one of dense, crop, not {runtime!r}")
         crop = runtime == "crop"
@@ -259,6 +293,12 @@ def bench(
         if not teacher:
             raise ValueError("give --teacher (or a --model, which records its teacher)")
         t = _teacher(teacher, input_size, value_range, task, video=video, model_dir=model)
+        from deltadistill.apps.bench import check_frames
+        from deltadistill.video import iter_frames
+
+        if start:  # a damaged tail that --start falls in is one line, before calibration reads into it
+            next(iter_frames(video, start=start, stop=start + 1), None)
+        check_frames(video, start, start + frames if frames else None, keyframe_interval, compile)
         calib = None
         if (model is None and not crop) or sweep_budgets:
             calib = _calibration_clips(t, video, start, calib_videos, keyframe_interval)
@@ -283,7 +323,7 @@ def bench(
             from deltadistill.apps.bench import sweep as run_sweep
 
             png = (json_out or Path("bench.json")).with_suffix(".pareto.png")
-            report["sweep"] = run_sweep(t, m, video, [int(k) for k in intervals.split(",")], png, start, stop,
+            report["sweep"] = run_sweep(t, m, video, sweep_intervals, png, start, stop,
                                         budgets=sweep_budgets, calib_data=calib,
                                         model_label=label)
             typer.echo(f"Pareto plot: {png}")
