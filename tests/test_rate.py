@@ -114,16 +114,17 @@ def test_a_top_k_budget_gives_the_same_cost_on_every_delta_frame() -> None:
 
 @pytest.mark.parametrize("mode", ["topk", "threshold"])
 def test_a_keyframe_is_chosen_when_a_delta_frame_costs_as_much_as_one(toy: nn.Module, mode: str) -> None:
-    """The frame after one where everything changed (no scene-cut test) is a keyframe, by cost; with
-    the rule off it is not. Under top-k the frame's own cost is capped, so what is weighed is what
-    the calibrated thresholds would have computed. Broken against: `_needs_key` always False; top-k
-    weighing its capped cost."""
+    """The frame after one where everything changed (no scene-cut test) is a keyframe, by cost, at
+    each mode's default ``key_cost``; with the rule off it is not. Under top-k the frame's own cost is
+    capped, so what is weighed is what the calibrated thresholds would have computed. Broken against:
+    `_needs_key` always False; top-k weighing its capped cost; top-k's default at 0.9, where it
+    never fired (issue 29: this test had passed only with 0.5 given)."""
     frames = squares_clip(24)
     frames[10:] = [f + 3 * torch.randn_like(f) for f in frames[10:]]  # everything changes at frame 10
     # under top-k the estimate at the calibrated thresholds runs low (0.58 of a keyframe here, where the
     # scaled thresholds measure 0.95): later layers only see the deltas top-k let through
-    key_cost = 0.9 if mode == "threshold" else 0.5
-    rc = RateControl(4.0, mode=mode, max_interval=16, scene_cut=None, key_cost=key_cost)
+    rc = RateControl(4.0, mode=mode, max_interval=16, scene_cut=None)  # the default key_cost
+    assert rc.key_cost == (0.9 if mode == "threshold" else 0.5)
     costs = costs_of(toy, frames, rc)
     assert not rc.keys[10] and (costs[10] >= 0.9 * costs[0] if mode == "threshold" else costs[10] < 0.5), costs[10]
     assert rc.keys[11] and rc.reasons[11] == "cost"
