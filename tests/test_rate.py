@@ -226,6 +226,41 @@ def test_run_with_a_target_says_what_it_held(selfie_run: dict, tmp_path) -> None
     assert len(records) == 64 and records[0]["keyframe"] and sum(r["keyframe"] for r in records) >= 8
 
 
+def test_run_target_keyframe_flags_are_the_controllers_choices(selfie_run: dict, tmp_path) -> None:
+    """The JSON lines of `run --target 2x` mark exactly the keyframes a `RateControl` chooses on the
+    same frames, driven here without the CLI (frames letterboxed and preprocessed as `run` does), and
+    the summary's held cost is that controller's. Breakage caught: flags written from the keyframe
+    interval, or from anything but the stream's own choice (checked to fail with
+    ``i % keyframe_interval == 0`` as the flag in `run_video`), and a summary of another policy."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from deltadistill.apps.bench import load_delta_model
+    from deltadistill.apps.cli import app
+    from deltadistill.rate import rate_policy
+    from deltadistill.video import fit_frame, iter_frames
+
+    lines = tmp_path / "o.jsonl"
+    r = CliRunner().invoke(app, ["run", "--model", selfie_run["model"], "--video", selfie_run["clip"], "--target",
+                                 "2x", "--keyframe-interval", "8", "--jsonl", str(lines)])
+    assert r.exit_code == 0, r.output
+    flags = [json.loads(x)["keyframe"] for x in lines.read_text().splitlines()]
+    teacher = dd.teachers.load("selfie")
+    model = load_delta_model(teacher, selfie_run["model"])
+    size = tuple(teacher.input_size)
+    rc = rate_policy(model, "2x", 8, 0.15, size)  # run's defaults: scene cut 0.15, top-k
+    stream = dd.DeltaStream(model, rc)
+    with torch.no_grad():
+        for raw in iter_frames(selfie_run["clip"]):
+            frame, _ = fit_frame(raw, size, "letterbox")
+            stream(teacher.preprocess(frame[None]).contiguous(memory_format=torch.channels_last))
+    assert flags == rc.keys and 8 <= sum(flags) < len(flags)
+    assert not all(flags[1:8]) and set(rc.reasons) - {""}
+    line = next(x for x in r.stdout.splitlines() if "frames/s" in x)
+    assert f"held {rc.achieved:.2f}x" in line, (line, rc.achieved)
+
+
 def test_bench_with_a_target_gives_the_rival_the_same_budget(selfie_run: dict, tmp_path) -> None:
     """`bench --target 2x`: the report holds the target beside what was held, the rival runs at the
     model's own measured cost (its keyframe share is the model's cost share), and a verdict in words.
