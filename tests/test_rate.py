@@ -264,7 +264,9 @@ def test_run_target_keyframe_flags_are_the_controllers_choices(selfie_run: dict,
 def test_bench_with_a_target_gives_the_rival_the_same_budget(selfie_run: dict, tmp_path) -> None:
     """`bench --target 2x`: the report holds the target beside what was held, the rival runs at the
     model's own measured cost (its keyframe share is the model's cost share), and a verdict in words.
-    Broken against: the rival at the interval K instead of the held cost."""
+    Broken against: the rival at the interval K instead of the held cost; the rival at the target's
+    cost instead of the held one (which the 15% tolerance let pass: caught by the exact share).
+    The verdict (beats, margin, words) is tied to the numbers the report gives."""
     import json
 
     from typer.testing import CliRunner
@@ -280,4 +282,18 @@ def test_bench_with_a_target_gives_the_rival_the_same_budget(selfie_run: dict, t
     assert held["target"] == 2.0 and abs(held["achieved"] / 2.0 - 1) < 0.1
     assert rival["interval"] == pytest.approx(report["mac_ratio"], rel=0.15)  # same budget, not K=8
     assert rival["words"].startswith("at 2x the delta model")
+    # pinned (issue 29): the rival's cost is the model's *held* cost, which the target alone cannot give:
+    # between the two whole intervals around it, its keyframe share is interpolated to 1 / mac_ratio exactly
+    share, costs = 1 / report["mac_ratio"], {int(k): c for k, c in rival["costs_at"].items()}
+    lo = int(rival["interval"])
+    w = rival["interval"] - lo
+    assert {lo, lo + 1} <= set(costs), (rival["interval"], costs)
+    assert costs[lo] >= share >= costs[lo + 1] and (1 - w) * costs[lo] + w * costs[lo + 1] == pytest.approx(share,
+                                                                                                            abs=1e-9)
+    assert abs(share - 1 / held["target"]) > 1e-6  # the check above tells the held cost from the target
+    # the verdict follows from the numbers the report gives
+    assert rival["margin"] == pytest.approx(report["accuracy"]["value"] - rival["value"], abs=1e-12)
+    assert rival["beats"] == (rival["margin"] > 0 and rival["margin"] >= rival["margin_needed"] - 1e-12)
+    assert f"{rival['margin']:+.3f}" in rival["words"]
+    assert ("beats the rival" in rival["words"]) == rival["beats"]
     assert "cost target" in r.stdout and "note: at 2x" in r.stdout
