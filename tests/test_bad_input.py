@@ -51,6 +51,7 @@ CASES = [
     ("run --teacher selfie --video {V} --video {V} --jsonl {O}", "give --out-dir"),
     ("run --teacher selfie --jsonl {O}", "no videos"),
     ("run --teacher selfie --video {V} --videos-from /nope.txt --jsonl {O}", "video list not found"),
+    ("run --teacher selfie --videos-from {L} --out-dir {P}", "video not found: /nope.mp4"),
     ("run --teacher {U} --video {V} --jsonl {O}", "unsupported ONNX op 'NonZero' in node 'find_them' (inputs: y)"),
     ("bench --teacher {X} --video {V} --sparse 0.1 --start 20 --json {O}", "is not a readable ONNX model"),
     ("run --teacher ppocr-det --video {V} --input-size 100x7 --jsonl {O}", "multiples of 32, got 100x7"),
@@ -65,6 +66,35 @@ CASES = [
     ("demo --target 3y --out {O}", "cost target '3y' is not a ratio"),
     ("demo --teacher centernet --steps 5 --target 3x --out {O}", "--target steers sparse students"),
     ("demo --target 4x --out {O}", "above what a keyframe every 4 frames allows"),
+    ("demo --target 3.95x --quick --out {O}", "3.95x is above this model's maximum"),
+    # issue 29: tracebacks, and impossible values taken silently
+    ("run --teacher selfie --video {V} --threads -1 --jsonl {O}", "--threads must be 0"),
+    ("bench --teacher selfie --video {V} --sparse 0.1 --start 20 --threads -1 --json {O}", "--threads must be 0"),
+    ("demo --threads -1 --out {O}", "--threads must be 0"),
+    ("run --teacher {G} --video {V} --jsonl {O}", "takes 1-channel input; deltadistill feeds RGB frames"),
+    ("demo --teacher {G} --out {O}", "takes 1-channel input"),
+    ("run --teacher {W} --video {V} --jsonl {O}", "is uint8, but frames go in as floats"),
+    ("bench --teacher {Z} --video {V} --runtime crop --start 20 --json {O}", "has no convolutions"),
+    ("run --teacher {Z} --video {V} --runtime crop --jsonl {O}", "has no convolutions"),
+    ("run --teacher {N} --video {V} --input-size 100000x100000 --jsonl {O}", "too large for this machine"),
+    ("bench --teacher selfie --video {V} --sparse nan --start 20 --json {O}", "--sparse must be a finite number"),
+    ("bench --teacher selfie --video {V} --sparse inf --start 20 --json {O}", "--sparse must be a finite number"),
+    ("bench --teacher selfie --video {V} --sparse -1 --start 20 --json {O}", "cannot be negative"),
+    ("run --teacher {N} --video {V} --value-range 0,inf --jsonl {O}", "--value-range must be two finite numbers"),
+    ("run --teacher {N} --video {V} --value-range -1e309,1 --jsonl {O}", "--value-range must be two finite"),
+    ("run --teacher {N} --video {V} --value-range 1,0 --jsonl {O}", "low below high"),
+    ("run --teacher {N} --video {V} --runtime crop --crop-threshold 5 --jsonl {O}", "nothing would ever be recomputed"),
+    ("bench --teacher selfie --video {V} --runtime crop --crop-threshold 5 --start 20 --json {O}",
+     "nothing would ever be recomputed"),
+    ("run --teacher selfie --video {V} --rate-mode bogus --jsonl {O}", "--rate-mode must be one of threshold, topk"),
+    ("bench --model {M} --video {V} --rate-mode bogus --json {O}", "--rate-mode must be one of"),
+    ("bench --teacher selfie --video {J} --sparse 0.1 --calib-videos {V} --json {O}",
+     "bench times frames after a warm-up of 3: frames 0..0 of one.mp4 are 1"),
+    ("bench --teacher selfie --video {Q} --sparse 0.1 --start 30 --json {O}", "past the last good frame 22"),
+    ("bench --teacher selfie --video {V} --sparse 0.1 --start 20 --sweep --intervals 2,abc --json {O}",
+     "--intervals must be comma-separated whole numbers, got '2,abc'"),
+    ("run --teacher selfie --video {V} --scene-cut inf --jsonl {O}", "--scene-cut must be a finite number"),
+    ("bench --teacher selfie --video {V} --sparse 0.1 --start 20 --scene-cut inf --json {O}", "--scene-cut must be"),
 ]
 
 
@@ -82,25 +112,65 @@ def places(tmp_path_factory) -> dict[str, str]:
         layer.students["sparse"].threshold.fill_(0.1)
     dd.save(dd.deploy(model), root / "selfie_model", extra={"teacher": "selfie"})
     (root / "text.onnx").write_text("not a graph\n")
+    (root / "list.txt").write_text(f"{default_videos()['carphone_pristine']}\n/nope.mp4\n")  # a good one first
     _onnx_files(root)
+    _damaged_videos(root)
     return {"V": str(default_videos()["bikes"]), "T": str(root / "text.mp4"), "D": str(root / "dir"),
             "F": str(root / "full"), "M": str(root / "selfie_model"), "root": str(root),
-            "U": str(root / "nonzero.onnx"), "X": str(root / "text.onnx"), "N": str(root / "net.onnx")}
+            "U": str(root / "nonzero.onnx"), "X": str(root / "text.onnx"), "N": str(root / "net.onnx"),
+            "J": str(root / "one.mp4"), "Q": str(root / "tail.mp4"), "K": str(root / "cut.mkv"),
+            "L": str(root / "list.txt"), "P": str(root / "dir" / "never"),
+            "G": str(root / "grey.onnx"), "W": str(root / "uint8.onnx"), "Z": str(root / "noconv.onnx")}
+
+
+def _damaged_videos(root: Path) -> None:
+    """``one.mp4``: one frame; ``tail.mp4``: 40 frames declared, its data zeroed from the middle on (frames
+    0..22 decode); ``cut.mkv``: 40 frames declared, the file cut at half (frames 0..19 decode)."""
+    import av
+
+    from deltadistill.video import iter_frames
+
+    def write(path: Path, fmt: str, n: int) -> bytes:
+        with av.open(str(path), mode="w", format=fmt) as out:
+            s = out.add_stream("mpeg4", rate=25)
+            s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+            for f in iter_frames(default_videos()["bikes"], size=(240, 320), stop=n):
+                out.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+            out.mux(s.encode())
+        return path.read_bytes()
+
+    write(root / "one.mp4", "mp4", 1)
+    data = bytearray(write(root / "tail.mp4", "mp4", 40))
+    moov = data.find(b"moov")  # the index, at the end: the frames before it stay listed
+    data[moov // 2:moov - 8] = bytes(moov - 8 - moov // 2)
+    (root / "tail.mp4").write_bytes(bytes(data))
+    whole = write(root / "cut.mkv", "matroska", 40)
+    (root / "cut.mkv").write_bytes(whole[:len(whole) // 2])
 
 
 def _onnx_files(root: Path) -> None:
-    """``nonzero.onnx``: a conv, then an op the importer lacks; ``net.onnx``: a conv the importer takes."""
+    """``nonzero.onnx``: a conv, then an op the importer lacks; ``net.onnx``: a conv the importer takes;
+    ``grey.onnx``: one input channel; ``uint8.onnx``: a uint8 input; ``noconv.onnx``: no conv at all."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])
-    for name, nodes, out in (
-            ("nonzero", [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
-                         helper.make_node("NonZero", ["y"], ["z"], name="find_them")], "z"),
-            ("net", [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "y")):
-        graph = helper.make_graph(nodes, name, [x], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], [w])
+    def x(channels: int = 3, kind: int = TensorProto.FLOAT):
+        return helper.make_tensor_value_info("x", kind, [1, channels, 32, 32])
+
+    def w(channels: int = 3):
+        return [numpy_helper.from_array(np.ones((4, channels, 1, 1), np.float32), "w")]
+
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv")
+    for name, nodes, inp, consts, out in (
+            ("nonzero", [conv, helper.make_node("NonZero", ["y"], ["z"], name="find_them")], x(), w(), "z"),
+            ("net", [conv], x(), w(), "y"),
+            ("grey", [conv], x(1), w(1), "y"),
+            ("uint8", [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT, name="cast"),
+                       helper.make_node("Conv", ["f", "w"], ["y"], name="conv")], x(3, TensorProto.UINT8), w(), "y"),
+            ("noconv", [helper.make_node("Relu", ["x"], ["y"], name="relu")], x(), [], "y")):
+        graph = helper.make_graph(nodes, name, [inp], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                                  consts)
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / f"{name}.onnx")
 
 
@@ -116,3 +186,38 @@ def test_bad_input_gets_one_line_and_exit_2_and_leaves_nothing(places: dict[str,
     assert len(err) == 1 and words.format(**places) in err[0] and err[0].startswith("error: "), err
     assert not (tmp_path / "never").exists()  # no output, not even its directory
     assert {p: sorted(Path(places[p]).rglob("*")) for p in ("D", "F", "M")} == before  # nothing touched
+
+
+@pytest.mark.parametrize("data,words", [(b"", "no frames on standard input: it is empty"),
+                                        (b"garbage\n", "cannot read video from standard input")])
+def test_bad_standard_input_is_one_line_without_a_progress_bar(places: dict[str, str], data: bytes, words: str,
+                                                               tmp_path: Path) -> None:
+    """`run --video -` on an empty or garbage pipe, in a real process with a real stdin: only the error
+    line on stderr. Breakage caught: the progress bar drawn before the first frame was read (two
+    lines), and an empty pipe reported as ffmpeg's "Invalid data found" (issue 29, 14)."""
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(dd.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "never" / "seen.jsonl"
+    r = subprocess.run([sys.executable, "-m", "deltadistill", "run", "--teacher", places["N"], "--video", "-",
+                        "--jsonl", str(out)], input=data, capture_output=True, env=env, timeout=300)
+    err = [x for x in r.stderr.decode().splitlines() if x.strip()]
+    assert r.returncode == 2 and len(err) == 1 and words in err[0] and err[0].startswith("error: "), err
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_damaged_video_warns_once_in_one_line(places: dict[str, str], tmp_path: Path) -> None:
+    """`run` on a video cut off at half: one warning line on stderr, naming the file and the last good
+    frame, without the library's source path, then the run on the good frames. Breakage caught:
+    Python's default format (``reader.py:NNN: VideoWarning: ...`` and the source line) and the
+    warning printed twice, once when counting frames and once when running (issue 29, 18)."""
+    out = tmp_path / "seen.jsonl"
+    r = CliRunner().invoke(app, ["run", "--teacher", places["N"], "--video", places["K"], "--jsonl", str(out)])
+    assert r.exit_code == 0, r.stderr[-2000:]
+    said = [x for x in r.stderr.splitlines() if "last good" in x or "reader.py" in x or "warnings.warn" in x]
+    assert said == ["warning: cut.mkv: frame 19 is the last good one; the file declares 40 frames: it is cut off "
+                    "or damaged. Using the 20 frames before the damage."], said
+    assert len(out.read_text().splitlines()) == 20

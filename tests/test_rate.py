@@ -114,16 +114,17 @@ def test_a_top_k_budget_gives_the_same_cost_on_every_delta_frame() -> None:
 
 @pytest.mark.parametrize("mode", ["topk", "threshold"])
 def test_a_keyframe_is_chosen_when_a_delta_frame_costs_as_much_as_one(toy: nn.Module, mode: str) -> None:
-    """The frame after one where everything changed (no scene-cut test) is a keyframe, by cost; with
-    the rule off it is not. Under top-k the frame's own cost is capped, so what is weighed is what
-    the calibrated thresholds would have computed. Broken against: `_needs_key` always False; top-k
-    weighing its capped cost."""
+    """The frame after one where everything changed (no scene-cut test) is a keyframe, by cost, at
+    each mode's default ``key_cost``; with the rule off it is not. Under top-k the frame's own cost is
+    capped, so what is weighed is what the calibrated thresholds would have computed. Broken against:
+    `_needs_key` always False; top-k weighing its capped cost; top-k's default at 0.9, where it
+    never fired (issue 29: this test had passed only with 0.5 given)."""
     frames = squares_clip(24)
     frames[10:] = [f + 3 * torch.randn_like(f) for f in frames[10:]]  # everything changes at frame 10
     # under top-k the estimate at the calibrated thresholds runs low (0.58 of a keyframe here, where the
     # scaled thresholds measure 0.95): later layers only see the deltas top-k let through
-    key_cost = 0.9 if mode == "threshold" else 0.5
-    rc = RateControl(4.0, mode=mode, max_interval=16, scene_cut=None, key_cost=key_cost)
+    rc = RateControl(4.0, mode=mode, max_interval=16, scene_cut=None)  # the default key_cost
+    assert rc.key_cost == (0.9 if mode == "threshold" else 0.5)
     costs = costs_of(toy, frames, rc)
     assert not rc.keys[10] and (costs[10] >= 0.9 * costs[0] if mode == "threshold" else costs[10] < 0.5), costs[10]
     assert rc.keys[11] and rc.reasons[11] == "cost"
@@ -225,10 +226,47 @@ def test_run_with_a_target_says_what_it_held(selfie_run: dict, tmp_path) -> None
     assert len(records) == 64 and records[0]["keyframe"] and sum(r["keyframe"] for r in records) >= 8
 
 
+def test_run_target_keyframe_flags_are_the_controllers_choices(selfie_run: dict, tmp_path) -> None:
+    """The JSON lines of `run --target 2x` mark exactly the keyframes a `RateControl` chooses on the
+    same frames, driven here without the CLI (frames letterboxed and preprocessed as `run` does), and
+    the summary's held cost is that controller's. Breakage caught: flags written from the keyframe
+    interval, or from anything but the stream's own choice (checked to fail with
+    ``i % keyframe_interval == 0`` as the flag in `run_video`), and a summary of another policy."""
+    import json
+
+    from deltadistill.rate import rate_policy
+    from typer.testing import CliRunner
+
+    from deltadistill.apps.bench import load_delta_model
+    from deltadistill.apps.cli import app
+    from deltadistill.video import fit_frame, iter_frames
+
+    lines = tmp_path / "o.jsonl"
+    r = CliRunner().invoke(app, ["run", "--model", selfie_run["model"], "--video", selfie_run["clip"], "--target",
+                                 "2x", "--keyframe-interval", "8", "--jsonl", str(lines)])
+    assert r.exit_code == 0, r.output
+    flags = [json.loads(x)["keyframe"] for x in lines.read_text().splitlines()]
+    teacher = dd.teachers.load("selfie")
+    model = load_delta_model(teacher, selfie_run["model"])
+    size = tuple(teacher.input_size)
+    rc = rate_policy(model, "2x", 8, 0.15, size)  # run's defaults: scene cut 0.15, top-k
+    stream = dd.DeltaStream(model, rc)
+    with torch.no_grad():
+        for raw in iter_frames(selfie_run["clip"]):
+            frame, _ = fit_frame(raw, size, "letterbox")
+            stream(teacher.preprocess(frame[None]).contiguous(memory_format=torch.channels_last))
+    assert flags == rc.keys and 8 <= sum(flags) < len(flags)
+    assert not all(flags[1:8]) and set(rc.reasons) - {""}
+    line = next(x for x in r.stdout.splitlines() if "frames/s" in x)
+    assert f"held {rc.achieved:.2f}x" in line, (line, rc.achieved)
+
+
 def test_bench_with_a_target_gives_the_rival_the_same_budget(selfie_run: dict, tmp_path) -> None:
     """`bench --target 2x`: the report holds the target beside what was held, the rival runs at the
     model's own measured cost (its keyframe share is the model's cost share), and a verdict in words.
-    Broken against: the rival at the interval K instead of the held cost."""
+    Broken against: the rival at the interval K instead of the held cost; the rival at the target's
+    cost instead of the held one (which the 15% tolerance let pass: caught by the exact share).
+    The verdict (beats, margin, words) is tied to the numbers the report gives."""
     import json
 
     from typer.testing import CliRunner
@@ -244,4 +282,18 @@ def test_bench_with_a_target_gives_the_rival_the_same_budget(selfie_run: dict, t
     assert held["target"] == 2.0 and abs(held["achieved"] / 2.0 - 1) < 0.1
     assert rival["interval"] == pytest.approx(report["mac_ratio"], rel=0.15)  # same budget, not K=8
     assert rival["words"].startswith("at 2x the delta model")
+    # pinned (issue 29): the rival's cost is the model's *held* cost, which the target alone cannot give:
+    # between the two whole intervals around it, its keyframe share is interpolated to 1 / mac_ratio exactly
+    share, costs = 1 / report["mac_ratio"], {int(k): c for k, c in rival["costs_at"].items()}
+    lo = int(rival["interval"])
+    w = rival["interval"] - lo
+    assert {lo, lo + 1} <= set(costs), (rival["interval"], costs)
+    assert costs[lo] >= share >= costs[lo + 1] and (1 - w) * costs[lo] + w * costs[lo + 1] == pytest.approx(share,
+                                                                                                            abs=1e-9)
+    assert abs(share - 1 / held["target"]) > 1e-6  # the check above tells the held cost from the target
+    # the verdict follows from the numbers the report gives
+    assert rival["margin"] == pytest.approx(report["accuracy"]["value"] - rival["value"], abs=1e-12)
+    assert rival["beats"] == (rival["margin"] > 0 and rival["margin"] >= rival["margin_needed"] - 1e-12)
+    assert f"{rival['margin']:+.3f}" in rival["words"]
+    assert ("beats the rival" in rival["words"]) == rival["beats"]
     assert "cost target" in r.stdout and "note: at 2x" in r.stdout

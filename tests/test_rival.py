@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deltadistill.measure.rival import (
+    beats,
     equal_mac_interval,
     margin_needed,
     repeat_keyframes,
@@ -32,6 +33,19 @@ def test_rival_is_interpolated_linearly_in_amortised_macs() -> None:
 def test_margin_is_half_the_gap_or_two_points() -> None:
     assert margin_needed(0.97) == pytest.approx(0.015)
     assert margin_needed(0.90) == pytest.approx(0.02)
+
+
+def test_a_tie_never_beats_the_rival() -> None:
+    """A model that scores what the rival scores has not beaten it, even where the rival is perfect and
+    the margin needed is +0. Breakage caught: a bench whose sparse layers computed nothing (``--sparse
+    nan``) equalled the rival at 1.0 and was reported as beating it "+0.000, needs +0.000" (issue 29, 9)."""
+    assert margin_needed(1.0) == 0.0
+    assert not beats(1.0, 1.0, margin_needed(1.0))
+    assert not beats(float("nan"), 0.5, margin_needed(0.5))
+    assert beats(0.93, 0.9, margin_needed(0.9)) and not beats(0.91, 0.9, margin_needed(0.9))
+    same = [7, 7, 7, 7]  # a still scene: the rival repeats the right answer and scores 1 at any interval
+    r = rival_equal_macs(same, lambda p: float(p == same), teacher_macs=10.0, delta_amortised_macs=5.0, accuracy=1.0)
+    assert r["value"] == 1.0 and r["margin"] == 0.0 and not r["beats"]
 
 
 def test_rival_equal_macs_on_a_hand_computed_case() -> None:

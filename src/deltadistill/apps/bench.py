@@ -31,7 +31,7 @@ from ..stream.rate import rate_policy
 from ..tasks import task_for
 from ..train.calibrate import calibrate, sparsify
 from ..video import VideoWriter, iter_frames, letterbox_share, side_by_side, video_info
-from .evaluate import Comparison, channels_last, compare
+from .evaluate import WARMUP, Comparison, channels_last, compare
 from .lower_res import rival_lower_res
 from .report import build_report
 
@@ -43,6 +43,18 @@ def load_delta_model(teacher: nn.Module, model_dir: str | Path) -> nn.Module:
     if any(isinstance(m, DeltaConv2d) for m in model.modules()):
         deploy(model)
     return model.eval()
+
+
+def check_frames(video: str | Path, start: int, stop: int | None, keyframe_interval: int, compile: bool = False) -> None:
+    """Refuse, before any progress bar or output, a span of ``video`` with no frame to time after the
+    warm-up (a one-frame video, a --start near the end)."""
+    n = video_info(video).frames
+    stop = min(stop or n, n)
+    warmup = max(WARMUP, 2 * keyframe_interval + 1) if compile else WARMUP  # as `compare` times them
+    if start < stop <= start + warmup:
+        raise ValueError(f"bench times frames after a warm-up of {warmup}: frames {start}..{stop - 1} of "
+                         f"{Path(video).name} are {stop - start}; give a longer video, more --frames or an "
+                         "earlier --start")
 
 
 def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | Path, *, keyframe_interval: int,
@@ -80,6 +92,7 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
     stop = min(stop or info.frames, info.frames)
     if start >= stop:
         raise ValueError(f"--start {start} is past the end: {Path(video).name} has {info.frames} frames")
+    check_frames(video, start, stop, keyframe_interval, compile)
     if RUNTIMES[name_].teacher_only:
         model = None
     policy: Any = SceneCut(keyframe_interval, scene_cut) if scene_cut else None

@@ -14,6 +14,28 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @app.callback()
 def _root() -> None:
     """Delta Distillation: make a per-frame video CNN cheaper per frame."""
+    _one_line_warnings()
+
+
+def _one_line_warnings() -> None:
+    """Warnings meant for the user (a damaged video) as one line, ``warning: ...``, without the
+    library's source path and line that Python's default format adds."""
+    import warnings
+
+    from deltadistill.video import VideoWarning
+
+    shown = warnings.showwarning
+    if getattr(shown, "one_line", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' own signature
+        if issubclass(category, VideoWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.one_line = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError)
@@ -138,10 +160,40 @@ def demo(
     from deltadistill.apps.demo import run_demo
 
     try:
+        _check_options(threads, budget=budget)
         run_demo(teacher, out, quick=quick, threads=threads or None, steps=steps, budget=budget,
                  teacher_options={"input_size": input_size, "value_range": value_range, "task": task}, target=target)
     except _user_errors() as e:
         _fail(e)
+
+
+def _check_options(threads: int = 0, rate_mode: str | None = None, **finite: float | None) -> None:
+    """Refuse, before any work, option values torch or the controller would take silently or with a
+    traceback: negative thread counts, an unknown --rate-mode (even without --target), and NaN or
+    infinite numbers (each name in ``finite`` is an option, as ``--scene-cut`` is ``scene_cut``)."""
+    import math
+
+    if threads < 0:
+        raise ValueError(f"--threads must be 0 (the backend's default) or a positive count, not {threads}")
+    if rate_mode is not None:
+        from deltadistill.rate import MODES
+
+        if rate_mode not in MODES:
+            raise ValueError(f"--rate-mode must be one of {', '.join(MODES)}, not {rate_mode!r}")
+    for name, value in finite.items():
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
+
+
+def _ints(text: str, what: str) -> list[int]:
+    """Comma-separated keyframe intervals, each at least 1."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{what} must be whole numbers of at least 1, got {text!r}")
+    return values
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -217,7 +269,12 @@ def bench(
             from deltadistill.extras import EXPORT, ONNXRUNTIME, require_all
 
             require_all((*EXPORT, *ONNXRUNTIME), "deltadistill bench --backend onnxruntime")
+        _check_options(threads, rate_mode, sparse=sparse, sparse_stem=sparse_stem, scene_cut=scene_cut,
+                       crop_threshold=crop_threshold, budget=budget)
+        if sparse is not None and sparse < 0:
+            raise ValueError(f"--sparse is a threshold (x each layer's mean |input|) and cannot be negative, not {sparse}")
         sweep_budgets = _floats(budgets, "--budgets")
+        sweep_intervals = _ints(intervals, "--intervals")  # before the main run, not after it
         if runtime not in runtime_names():
             raise ValueError(f"--runtime must be one of {', '.join(runtime_names())}, not {runtime!r}")
         crop = RUNTIMES[runtime].teacher_only
@@ -239,6 +296,12 @@ def bench(
         if not teacher:
             raise ValueError("give --teacher (or a --model, which records its teacher)")
         t = _teacher(teacher, input_size, value_range, task, video=video, model_dir=model)
+        from deltadistill.apps.bench import check_frames
+        from deltadistill.video import iter_frames
+
+        if start:  # a damaged tail that --start falls in is one line, before calibration reads into it
+            next(iter_frames(video, start=start, stop=start + 1), None)
+        check_frames(video, start, start + frames if frames else None, keyframe_interval, compile)
         calib = None
         if (model is None and not crop) or sweep_budgets:
             calib = _calibration_clips(t, video, start, calib_videos, keyframe_interval)
@@ -264,7 +327,7 @@ def bench(
             from deltadistill.apps.bench import sweep as run_sweep
 
             png = (json_out or Path("bench.json")).with_suffix(".pareto.png")
-            report["sweep"] = run_sweep(t, m, video, [int(k) for k in intervals.split(",")], png, start, stop,
+            report["sweep"] = run_sweep(t, m, video, sweep_intervals, png, start, stop,
                                         budgets=sweep_budgets, calib_data=calib,
                                         model_label=label)
             typer.echo(f"Pareto plot: {png}")
@@ -366,11 +429,16 @@ def run(
     try:
         if backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        _check_options(threads, rate_mode, scene_cut=scene_cut, crop_threshold=crop_threshold)
         videos = video_list(video, videos_from)
         first = Path(videos[0]) if videos and Path(videos[0]).is_file() else None
         t, name, m = _load_for_run(model, teacher, input_size, value_range, task, video=first)
         if target is not None:  # before any export or output: a target the model cannot hold is one line
             from deltadistill.stream.rate import rate_policy
+
+            if model is not None and m is None:
+                raise ValueError(f"--target steers a delta model's sparse layers frame by frame, and {model} is an "
+                                 "ONNX export: give the model directory it was exported from")
 
             rate_policy(m, target, keyframe_interval, scene_cut or None, tuple(t.input_size),
                         backend != "torch" or runtime != "dense", {"mode": rate_mode})

@@ -18,7 +18,7 @@ from ..core.checkpoint import save
 from ..core.config import DeltaConfig
 from ..core.convert import convert
 from ..core.deploy import deploy
-from ..stream.rate import TargetError, parse_target
+from ..stream.rate import TargetError, parse_target, rate_policy
 from ..teachers.resolve import teacher_record
 from ..train import distill, sparsify
 from ..video import VideoClips, default_videos, video_info
@@ -115,7 +115,6 @@ def run_demo(teacher_name: str = "selfie", out: str | Path = "runs/demo", quick:
     teacher = resolve_teacher(teacher_name, input_size=parse_size(opts.get("input_size")),
                               value_range=parse_range(opts.get("value_range")), task=opts.get("task"),
                               frame_size=(eval_info.height, eval_info.width))
-    out.mkdir(parents=True, exist_ok=True)  # once the teacher loads: bad input leaves no empty --out behind
     teacher_name = getattr(teacher, "name", teacher_name)
     sparse = plan.sparse_level is not None and steps is None and budget is None
     config = DeltaConfig(student="sparse") if sparse else DeltaConfig(reduction=plan.reduction,
@@ -140,11 +139,15 @@ def run_demo(teacher_name: str = "selfie", out: str | Path = "runs/demo", quick:
     else:
         say(f"3/6 distilling {steps} steps on the first {TRAIN_FRACTION:.0%} of {', '.join(plan.train_videos)} "
             f"(budget: a delta frame at {plan.budget:.0%} of the teacher's MACs)")
+        out.mkdir(parents=True, exist_ok=True)  # once the teacher loads: bad input leaves no empty --out behind
         result = distill(model, clips, steps=steps, budget=plan.budget, gate_lr=0.1, seed=seed,
                          num_workers=1, out_dir=out / "train")
         trained = {"distill": result.to_json()}
         choices = result.choices
     deploy(model)
+    if target is not None:  # against the calibrated model's own maximum, before --out holds anything
+        rate_policy(model, target, plan.keyframe_interval, None, tuple(teacher.input_size))
+    out.mkdir(parents=True, exist_ok=True)
     save(model, out / "model", extra={**teacher_record(teacher), **trained})
     info = video_info(videos[plan.eval_video])
     # a video that neither training nor calibration saw is scored whole: its first 70% includes scene cuts

@@ -103,6 +103,10 @@ def channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
+#: frames each comparison runs before it starts timing
+WARMUP = 3
+
+
 @torch.no_grad()
 def compare(
     teacher: nn.Module,
@@ -113,7 +117,7 @@ def compare(
     preprocess: Callable[[np.ndarray], torch.Tensor],
     postprocess: Callable[[Any], Any],
     on_frame: Callable[[int, np.ndarray, Any, Any, bool], None] | None = None,
-    warmup: int = 3,
+    warmup: int = WARMUP,
     total: int | None = None,
     progress: bool = True,
     compile: bool = False,

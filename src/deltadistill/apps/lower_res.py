@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..measure.rival import margin_needed
+from ..measure.rival import beats, margin_needed
 from ..runtime.fastest import _resized, dense_runner, median_ms
 
 
@@ -107,4 +107,4 @@ def rival_lower_res(teacher: nn.Module, frames: Sequence[np.ndarray], teacher_pr
     return {"input_size": list(size), "value": value, "ms": next(t["ms"] for t in timed
                                                                   if tuple(t["input_size"]) == tuple(size)),
             "timed": timed, "engine": engine, "margin_needed": need, "margin": accuracy - value,
-            "beats": accuracy >= value + need - 1e-12 and accuracy > value, **({"words": words} if words else {})}
+            "beats": beats(accuracy, value, need), **({"words": words} if words else {})}

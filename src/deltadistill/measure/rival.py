@@ -62,6 +62,12 @@ def margin_needed(rival: float) -> float:
     return min(0.02, (1.0 - rival) / 2)
 
 
+def beats(accuracy: float, rival: float, need: float) -> bool:
+    """Whether ``accuracy`` beats ``rival`` by ``need``: never on a tie (a rival at 1 needs +0, and a
+    model that equals it has not beaten it), never on NaN."""
+    return accuracy > rival and accuracy >= rival + need - 1e-12
+
+
 def rival_equal_macs(teacher_preds: Sequence[Any], score: Callable[[list[Any]], float], teacher_macs: float,
                      delta_amortised_macs: float, accuracy: float,
                      keys_at: Callable[[int], Sequence[bool]] | None = None) -> dict[str, Any]:
@@ -85,7 +91,7 @@ def rival_equal_macs(teacher_preds: Sequence[Any], score: Callable[[list[Any]], 
     value = rival_at(k_eq, score_at)
     need = margin_needed(value)
     return {"interval": k_eq, "value": value, "scores_at": {str(k): v for k, v in sorted(cache.items())},
-            "margin_needed": need, "margin": accuracy - value, "beats": accuracy >= value + need - 1e-12}
+            "margin_needed": need, "margin": accuracy - value, "beats": beats(accuracy, value, need)}
 
 
 def rival_equal_time(teacher_preds: Sequence[Any], score: Callable[[list[Any]], float], fastest_dense_ms: float,
@@ -125,4 +131,4 @@ def _rival_under_policy(teacher_preds: Sequence[Any], score: Callable[[list[Any]
     need = margin_needed(value)
     return {"interval": interval, "value": value, "scores_at": {str(k): v for k, _, v in points},
             "costs_at": {str(k): c for k, c, _ in points}, "policy": "same as the delta model's",
-            "margin_needed": need, "margin": accuracy - value, "beats": accuracy >= value + need - 1e-12}
+            "margin_needed": need, "margin": accuracy - value, "beats": beats(accuracy, value, need)}

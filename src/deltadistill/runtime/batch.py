@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..train.ddp import barrier, init_from_env, shutdown
-from ..video import is_live
+from ..video import frame_size, is_live
 
 
 def video_list(videos: list[str], listing: Path | None = None) -> list[str]:
@@ -26,6 +26,9 @@ def video_list(videos: list[str], listing: Path | None = None) -> list[str]:
         raise ValueError("no videos: give --video (repeatable) or --videos-from FILE")
     if len(out) > 1 and any(is_live(v) for v in out):
         raise ValueError("a pipe, URL or device runs alone: give it as the only --video")
+    for v in out:  # every entry before any work: a bad third video must not leave the first one's output
+        if not is_live(v):
+            frame_size(v)  # its header only: a missing or unreadable file is one line naming it
     return out
 
 

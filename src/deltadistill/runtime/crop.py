@@ -178,7 +178,8 @@ class CropStream:
 
     def __init__(self, teacher: nn.Module, keyframe: KeyframePolicy | int = 8, *, threshold: float = 0.05,
                  tile: int = 16, margin: int | None = None, reach: int = 0, bucket: int | tuple[int, int] | None = None,
-                 align: int = 32, min_tiles: int = 1, max_crops: int = 4, rekey: float = 0.9, backend: str = "torch",
+                 align: int | None = None, min_tiles: int = 1, max_crops: int = 4, rekey: float = 0.9,
+                 backend: str = "torch",
                  hold_gates: bool = True, threads: int | None = None, cache_dir: str | Path | None = None) -> None:
         size = getattr(teacher, "input_size", None)
         if size is None:
@@ -186,8 +187,15 @@ class CropStream:
         self.size = (int(size[0]), int(size[1]))
         if backend not in BACKENDS:
             raise CropError(f"crop backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-        if threshold < 0 or tile < 1:
-            raise CropError(f"threshold must be >= 0 and tile >= 1, got {threshold} and {tile}")
+        if not 0 <= threshold < 1:  # NaN too: a pixel moves at most the whole range, a share of 1
+            raise CropError(f"the crop threshold is a share of the input's range, at least 0 and below 1, not "
+                            f"{threshold:g}: no pixel can move that far, so nothing would ever be recomputed"
+                            if threshold >= 1 else f"the crop threshold must be at least 0 and below 1, not {threshold}")
+        if tile < 1:
+            raise CropError(f"tile must be >= 1, got {tile}")
+        if not any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in teacher.modules()):
+            raise CropError(f"{getattr(teacher, 'name', type(teacher).__name__)} has no convolutions: a crop runtime "
+                            "saves a teacher's conv MACs, and it has none to save")
         graph = find_graph(teacher)
         slots: list[int] = []
         if hold_gates:
@@ -197,6 +205,8 @@ class CropStream:
             with torch.no_grad():
                 slots = graph.global_slots(torch.zeros(1, getattr(graph, "channels", 3), *self.size))
         self.gate_slots = slots
+        if align is None:  # the teacher's total stride: an imported graph knows its own; the zoo's is 32
+            align = int(getattr(teacher, "size_multiple", 32))
         self.align = align
         self.margin = align if margin is None else int(margin)
         if bucket is None:

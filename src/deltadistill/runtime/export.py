@@ -10,6 +10,7 @@ the state tensors and says how frames must look.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import warnings
 from collections.abc import Iterator
@@ -166,6 +167,7 @@ def export_onnx(model: nn.Module, out_dir: str | Path, *, input_size: tuple[int,
                 "input": {"name": "frame", "shape": [1, 3, *hw]}, "outputs": out_names,
                 "keyframe_interval": keyframe_interval, "macs": macs,
                 "state": [{"name": n, "shape": s} for n, s in zip(layout.names, layout.shapes, strict=True)],
+                "files": {g: file_record(out_dir / g) for g in (KEY_GRAPH, DELTA_GRAPH)},
                 **(meta or {})}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return out_dir
@@ -196,7 +198,29 @@ def export_plain_onnx(model: nn.Module, file: str | Path, input_size: tuple[int,
     return Path(file)
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
+def file_record(file: Path) -> dict[str, Any]:
+    """What the manifest records of a graph file, so that a truncated or altered one is found."""
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"bytes": file.stat().st_size, "sha256": h.hexdigest()}
+
+
+def check_files(path: str | Path, manifest: dict[str, Any]) -> None:
+    """Refuse, in one line, a graph whose size or sha256 is not what the manifest records (a copy cut
+    short, a file edited since). A manifest from before it recorded them (no ``files``) passes."""
+    for g, want in (manifest.get("files") or {}).items():
+        file = Path(path) / g
+        size = file.stat().st_size if file.is_file() else None
+        if size != want.get("bytes") or file_record(file)["sha256"] != want.get("sha256"):
+            what = "missing" if size is None else f"{size} bytes, the manifest says {want.get('bytes')}" if (
+                size != want.get("bytes")) else "its sha256 is not the manifest's"
+            raise ExportError(f"{file} is damaged ({what}): export the model again")
+
+
+def read_manifest(path: str | Path, check: bool = False) -> dict[str, Any]:
+    """The manifest of export ``path``; with ``check``, its graphs checked against it (`check_files`)."""
     path = Path(path)
     file = path / MANIFEST
     if not file.is_file():
@@ -210,4 +234,6 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     for g in (manifest["keyframe_graph"], manifest["delta_graph"]):
         if not (path / g).is_file():
             raise ExportError(f"{path} lacks {g}")
+    if check:
+        check_files(path, manifest)
     return manifest

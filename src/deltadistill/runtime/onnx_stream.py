@@ -53,7 +53,7 @@ class OnnxStream:
     def __init__(self, path: str | Path, keyframe: KeyframePolicy | int | None = None,
                  threads: int | None = None, engine: str = "onnxruntime") -> None:
         self.path = Path(path)
-        self.manifest = read_manifest(self.path)
+        self.manifest = read_manifest(self.path, check=True)  # a truncated graph is one line, not a parse error
         self.key_session = session(self.path / self.manifest["keyframe_graph"], threads, engine)
         self.delta_session = session(self.path / self.manifest["delta_graph"], threads, engine)
         k = keyframe if keyframe is not None else int(self.manifest["keyframe_interval"])

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from ..core.checkpoint import CheckpointError, read_meta
-from .export import MANIFEST, ExportError, export_onnx, read_manifest
+from .export import DELTA_GRAPH, FORMAT, KEY_GRAPH, MANIFEST, ExportError, export_onnx, read_manifest
 
 
 def is_export(path: str | Path) -> bool:
@@ -45,11 +45,21 @@ def pick_teacher(model_dir: Path | None, given: str | None) -> str:
     return name
 
 
+#: every name `export_onnx` writes: ``force`` replaces a directory holding these and nothing else
+EXPORT_FILES = frozenset((MANIFEST, KEY_GRAPH, DELTA_GRAPH))
+
+
 def export_dir(model: nn.Module, out: Path, *, force: bool = False, **kw: Any) -> Path:
     """`export_onnx` into ``out`` as one step: built beside it and renamed, so a failure leaves
-    ``out`` as it was. An existing non-empty ``out`` is refused unless ``force``."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
+    ``out`` as it was. An existing non-empty ``out`` is refused unless ``force``, and ``force``
+    replaces only an export deltadistill wrote (its manifest, its two graphs, nothing else): never a
+    user's folder, a file or a device."""
+    if out.is_symlink() or out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not force:
+            raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
+        if not _ours(out):
+            raise FileExistsError(f"{out} is not an export deltadistill wrote (a manifest.json and the two graphs, "
+                                  "nothing else), so --force will not replace it: choose another --out")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -59,38 +69,54 @@ def export_dir(model: nn.Module, out: Path, *, force: bool = False, **kw: Any) -
         export_onnx(model, tmp, **kw)
         os.chmod(tmp, 0o755)
         if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+            shutil.rmtree(out)  # an empty directory, or (checked above) an export of ours
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is a directory (not a link) that deltadistill's export wrote: a manifest in its
+    format, and no name `export_onnx` does not write (a damaged graph among them still counts)."""
+    if path.is_symlink() or not path.is_dir() or not set(os.listdir(path)) <= EXPORT_FILES:
+        return False
+    try:
+        json_format = json.loads((path / MANIFEST).read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return json_format == FORMAT
+
+
 def cached_export(model: nn.Module, model_dir: Path, **kw: Any) -> Path:
     """The export of checkpoint ``model_dir``, made once into ``model_dir/onnx`` and reused while it
     is newer than the checkpoint and for the same keyframe interval.
 
-    Processes that ask at once (``torchrun ... run --backend onnxruntime``) take turns on a lock
-    file: the first exports, the others find its export, and none replaces a directory another
-    one is reading."""
+    Processes that ask at once (``torchrun ... run --backend onnxruntime``) take turns on a lock of
+    the model directory itself (no lock file, so a read-only directory with a fresh export works):
+    the first exports, the others find its export, and none replaces a directory another one is
+    reading. An export whose graphs are not the ones its manifest records is made again."""
     import fcntl
 
-    try:
-        lock = open(model_dir / ".onnx.lock", "a")  # noqa: SIM115 - held for the whole export
+    try:  # the lock is the model directory itself: no lock file left behind, and a read-only one works
+        fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
-        raise PermissionError(f"cannot write beside {model_dir}: {e.strerror or e}") from e
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        raise PermissionError(f"cannot open {model_dir}: {e.strerror or e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         return _cached_export(model, model_dir, **kw)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _cached_export(model: nn.Module, model_dir: Path, **kw: Any) -> Path:
     out = model_dir / "onnx"
-    try:
-        manifest = read_manifest(out)
+    try:  # reused while newer than the checkpoint, for the same interval, and its graphs are the ones it wrote
+        manifest = read_manifest(out, check=True)
         newest = max((model_dir / f).stat().st_mtime for f in os.listdir(model_dir)
                      if (model_dir / f).is_file() and not f.startswith("."))
-        if (out / MANIFEST).stat().st_mtime >= newest and manifest.get("keyframe_interval") == kw.get("keyframe_interval"):
+        if ((out / MANIFEST).stat().st_mtime >= newest and manifest.get("files")
+                and manifest.get("keyframe_interval") == kw.get("keyframe_interval")):
             return out
     except (ExportError, OSError, json.JSONDecodeError):
         pass

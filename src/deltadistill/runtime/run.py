@@ -7,6 +7,7 @@ measured frames per second and MACs per frame.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from ..files import atomic_write, check_output_file
 from ..stream import SceneCut
 from ..stream.rate import rate_policy
 from ..tasks import DETECTION_SCORE_THRESHOLD, task_for
-from ..video import VideoWriter, fit_frame, is_live, iter_frames, video_info
+from ..video import VideoError, VideoWriter, fit_frame, is_live, iter_frames, video_info
 from .streams import StreamSetup, open_stream, resolve
 
 
@@ -46,7 +47,8 @@ class RunSummary:
         macs = ("MACs per frame not measured by onnxruntime" if self.macs_per_frame is None else
                 f"{self.macs_per_frame / 1e9:.2f} GMAC per frame ({'measured, ' if self.macs_measured else ''}"
                 f"teacher {self.teacher_macs_per_frame / 1e9:.2f}, "
-                f"{self.teacher_macs_per_frame / max(self.macs_per_frame, 1):.2f}x fewer)")
+                + (f"{self.teacher_macs_per_frame / max(self.macs_per_frame, 1):.2f}x fewer)"
+                   if self.teacher_macs_per_frame else "no MACs to save)"))
         held = "" if self.rate is None else (
             f"; target {self.rate['target']:g}x, held {self.rate['achieved']:.2f}x "
             f"({self.rate['window_min']:.2f}-{self.rate['window_max']:.2f}x over every {self.rate['window']} frames)")
@@ -119,6 +121,10 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
                                            onnx_dir=Path(onnx_dir) if onnx_dir is not None else None,
                                            progress=progress, count_beside=False))
     teacher_macs = stream.mac_report().teacher
+    frames = iter_frames(video)
+    first = next(frames, None)  # before the progress bar and the writer: an unreadable pipe is one line
+    if first is None:
+        raise VideoError(f"no frames in {'standard input' if str(video) == '-' else video}")
     records: list[dict] = []
     total_macs, keys, n, counted = 0.0, 0, 0, True
     writer = VideoWriter(out, fps=info.fps if info else 25.0).__enter__() if out else None
@@ -126,7 +132,7 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
-            for i, raw in enumerate(iter_frames(video)):
+            for i, raw in enumerate(itertools.chain([first], frames)):
                 frame, box = fit_frame(raw, size, "letterbox")
                 x = teacher.preprocess(frame[None]).contiguous(memory_format=torch.channels_last)
                 y = stream(x)

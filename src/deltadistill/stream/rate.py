@@ -32,6 +32,10 @@ from .keys import KeyChooser
 from .knob import Knob, Threshold, TopK, calibrated_cost
 
 MODES = ("threshold", "topk")
+#: ``key_cost`` by mode: under top-k what is weighed is the calibrated thresholds' estimate of the frame's
+#: cost, which runs low (later layers see only the deltas top-k let through: 0.58 of a keyframe where the
+#: scaled thresholds measured 0.95, tests/test_rate.py), so at 0.9 the rule never fired
+KEY_COST = {"threshold": 0.9, "topk": 0.5}
 
 __all__ = ["MODES", "RateControl", "TargetError", "calibrated_cost", "cost_floor", "max_target", "parse_target",
            "rate_policy", "sparse_students"]
@@ -51,16 +55,20 @@ class RateControl:
     """
 
     def __init__(self, target: float | str, *, mode: str = "topk", window: int = 32, max_interval: int = 8,
-                 scene_cut: float | None = 0.15, key_cost: float | None = 0.9, max_scale: float = 64.0,
+                 scene_cut: float | None = 0.15, key_cost: float | str | None = "auto", max_scale: float = 64.0,
                  gain: float = 0.125, max_step: float = 0.5, smooth: float = 1.0, budget_key: bool = True,
                  min_delta: float | None = 0.25) -> None:
         """``smooth`` < 1 (threshold mode) moves the scale only that share of the way to the frame's
-        plan: the cost then follows the motion more, and the windows stray further."""
+        plan: the cost then follows the motion more, and the windows stray further. ``key_cost``: a
+        keyframe once a delta frame costs that share of one (`keys.KeyChooser.needs_key`); ``"auto"``
+        is the mode's own (`KEY_COST`), None turns the rule off."""
         if mode not in MODES:
             raise TargetError(f"unknown rate-control mode {mode!r}; expected one of {', '.join(MODES)}")
         if window < 2 or max_interval < 1:
             raise TargetError(f"window must be >= 2 and max_interval >= 1, got {window} and {max_interval}")
         self.target = parse_target(target)
+        if key_cost == "auto":  # the mode's own (`KEY_COST`)
+            key_cost = KEY_COST[mode]
         self.options = {"mode": mode, "window": window, "max_interval": max_interval, "scene_cut": scene_cut,
                         "key_cost": key_cost, "max_scale": max_scale, "gain": gain, "max_step": max_step,
                         "smooth": smooth, "budget_key": budget_key, "min_delta": min_delta}

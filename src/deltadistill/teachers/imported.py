@@ -35,6 +35,10 @@ class ImportedTeacher(Teacher):
         if task not in IMPORTED_TASKS:
             raise ValueError(f"task {task!r}: an imported teacher is scored as one of {IMPORTED_TASKS} "
                              "(a detector needs its own postprocess: use map)")
+        channels = int(getattr(graph, "channels", 3))
+        if channels != 3:  # refused here, not at the first frame (and not after a demo made its folder)
+            raise ValueError(f"{name} takes {channels}-channel input; deltadistill feeds RGB frames (3 channels): "
+                             "export the graph with a 3-channel input (e.g. grey = the channels' mean)")
         lo, hi = (float(v) for v in value_range)
         if not hi > lo:
             raise ValueError(f"value range must be (low, high) with high > low, got {value_range}")

@@ -66,6 +66,10 @@ def _attrs(node: Any) -> dict[str, Any]:
     return out
 
 
+#: input element types a frame can be fed as (float32 frames, cast by the graph's own convs)
+_FLOAT_INPUTS = (0, 1, 10, 11, 16)  # not given, FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
 def _dims(value_info: Any) -> list[int | None]:
     """A graph input's shape; ``None`` for a dynamic dimension."""
     shape = value_info.type.tensor_type.shape
@@ -110,6 +114,10 @@ class OnnxGraphModule(GraphModule):
         dims = _dims(inputs[0])
         if dims[1] is None:
             raise OnnxImportError(f"input {inputs[0].name!r} has a dynamic channel count: {dims}")
+        elem = inputs[0].type.tensor_type.elem_type
+        if elem not in _FLOAT_INPUTS:  # frames go in as floats: an integer graph would see them unrounded
+            raise OnnxImportError(f"input {inputs[0].name!r} is {onnx.TensorProto.DataType.Name(elem).lower()}, "
+                                  "but frames go in as floats: export the graph with a float input")
         if input_size is None and None in dims[2:]:
             raise OnnxImportError(f"input {inputs[0].name!r} has dynamic sizes {['?' if d is None else d for d in dims]}:"
                                   " give input_size=(H, W) (on the command line, --input-size HxW)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,24 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
         size = size * 2
     if len(size) != 2 or min(size) <= 0:
         raise TeacherError(f"--input-size must be HxW with positive sides, not {text!r}")
+    need, have = FEATURE_FACTOR * 3 * 4 * size[0] * size[1], physical_memory()
+    if have and need > have:  # refused before torch tries to allocate it
+        raise TeacherError(f"--input-size {size[0]}x{size[1]} is too large for this machine: one frame's feature "
+                           f"maps need about {need / 1e9:.0f} GB ({FEATURE_FACTOR}x the float frame), and it has "
+                           f"{have / 1e9:.0f} GB of memory")
     return size  # type: ignore[return-value]
+
+
+#: a CNN's feature maps, at their largest, hold many times its input frame: the bound `parse_size` uses
+FEATURE_FACTOR = 64
+
+
+def physical_memory() -> int:
+    """Bytes of memory this machine has (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def parse_range(text: str | None) -> tuple[float, float] | None:
@@ -42,6 +61,8 @@ def parse_range(text: str | None) -> tuple[float, float] | None:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise TeacherError(f"--value-range must be low,high, e.g. -1,1, not {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):  # else every pixel maps to one value
+        raise TeacherError(f"--value-range must be two finite numbers, low below high, not {text!r}")
     return lo, hi
 
 

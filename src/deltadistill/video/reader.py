@@ -65,6 +65,9 @@ def is_live(path: str | Path) -> bool:
 
 def _open(path: str | Path) -> av.container.InputContainer:
     if is_live(path):
+        peek = getattr(sys.stdin.buffer, "peek", None) if str(path) == "-" else None
+        if peek is not None and not peek(1):  # at its end already: ffmpeg would call it "invalid data"
+            raise VideoError("no frames on standard input: it is empty")
         try:
             return av.open(sys.stdin.buffer if str(path) == "-" else str(path), mode="r")
         except (av.error.FFmpegError, OSError) as e:
@@ -169,12 +172,12 @@ def iter_frames(path: str | Path, size: tuple[int, int] | None = None, fit: str 
         except av.error.FFmpegError as e:
             if decoded == 0:
                 raise VideoError(f"video {path} is corrupt: decoding failed ({e})") from e
-            _warn_cut(path, decoded, f"decoding failed after it ({e})")
+            _warn_cut(path, decoded, f"decoding failed after it ({e})", start)
             return
         if decoded == 0:
             raise VideoError(f"video has no decodable frames: {path}")
         if declared and decoded < declared - max(2, declared // 20) and (stop is None or stop > decoded):
-            _warn_cut(path, decoded, f"the file declares {declared} frames: it is cut off or damaged")
+            _warn_cut(path, decoded, f"the file declares {declared} frames: it is cut off or damaged", start)
     finally:
         container.close()
 
@@ -189,6 +192,19 @@ def _declared_frames(container: av.container.InputContainer) -> int:
     return 0
 
 
-def _warn_cut(path: str | Path, decoded: int, why: str) -> None:
-    warnings.warn(f"{Path(str(path)).name}: frame {decoded - 1} is the last good one; {why}. Using the "
+#: the damaged videos already warned about in this process: a video read twice (counted, then run) says it once
+_WARNED: set[tuple[str, int]] = set()
+
+
+def _warn_cut(path: str | Path, decoded: int, why: str, start: int = 0) -> None:
+    """Warn once per video that it is damaged after frame ``decoded - 1``; where reading was to begin
+    at or past that frame (``start``) there is nothing to use, and that is a `VideoError` naming both."""
+    name = Path(str(path)).name
+    if start >= decoded:
+        raise VideoError(f"{name}: frame {start}, where reading starts, is past the last good frame {decoded - 1}; "
+                         f"{why}")
+    if (str(path), decoded) in _WARNED:
+        return
+    _WARNED.add((str(path), decoded))
+    warnings.warn(f"{name}: frame {decoded - 1} is the last good one; {why}. Using the "
                   f"{decoded} frames before the damage.", VideoWarning, stacklevel=3)
