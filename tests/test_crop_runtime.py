@@ -281,12 +281,11 @@ def test_bench_report_timing_figures_by_hand_from_the_runs_own_frames(tmp_path):
     import copy
     import statistics
 
-    from deltadistill.config import DeltaConfig
-    from deltadistill.modes import delta_layers
-    from deltadistill.rival import margin_needed, repeat_at_keys
-
     from deltadistill import convert, deploy
     from deltadistill.apps.bench import evaluate_on_video
+    from deltadistill.core.config import DeltaConfig
+    from deltadistill.core.modes import delta_layers
+    from deltadistill.measure.rival import margin_needed, repeat_at_keys
     from deltadistill.stream import keyframe_flags
     from deltadistill.tasks import task_for
     from deltadistill.video import default_videos

@@ -13,13 +13,13 @@ import os
 from pathlib import Path
 
 import pytest
-from deltadistill.modes import delta_layers
-from deltadistill.teacher_resolve import teacher_record
 from typer.testing import CliRunner
 
 import deltadistill as dd
 from deltadistill import teachers
 from deltadistill.apps.cli import app
+from deltadistill.core.modes import delta_layers
+from deltadistill.teachers.resolve import teacher_record
 from deltadistill.video import VideoWriter, default_videos, iter_frames
 
 from .test_onnx_import import _small_dynamic_net

@@ -234,11 +234,11 @@ def test_run_target_keyframe_flags_are_the_controllers_choices(selfie_run: dict,
     ``i % keyframe_interval == 0`` as the flag in `run_video`), and a summary of another policy."""
     import json
 
-    from deltadistill.rate import rate_policy
     from typer.testing import CliRunner
 
     from deltadistill.apps.bench import load_delta_model
     from deltadistill.apps.cli import app
+    from deltadistill.stream.rate import rate_policy
     from deltadistill.video import fit_frame, iter_frames
 
     lines = tmp_path / "o.jsonl"

@@ -176,7 +176,7 @@ def _check_options(threads: int = 0, rate_mode: str | None = None, **finite: flo
     if threads < 0:
         raise ValueError(f"--threads must be 0 (the backend's default) or a positive count, not {threads}")
     if rate_mode is not None:
-        from deltadistill.rate import MODES
+        from deltadistill.stream.rate import MODES
 
         if rate_mode not in MODES:
             raise ValueError(f"--rate-mode must be one of {', '.join(MODES)}, not {rate_mode!r}")
