@@ -277,7 +277,9 @@ def test_bench_report_timing_figures_by_hand_from_the_runs_own_frames(tmp_path):
     Breakage caught: a speedup against the run's own teacher instead of the fastest dense one (checked).
     The delta model here is slower than the dense teacher (as every delta model so far is on CPU), so
     the rival at equal time is the teacher on every frame; its interpolation between intervals under
-    scene cuts is checked when a run reaches it, and by hand in `test_rival_equal_time_by_hand`."""
+    scene cuts is checked when a run reaches it, and by hand in `test_rival_equal_time_by_hand`.
+    ``accuracy.rival_lower_res`` is the first size, largest first, whose time fits that amortised
+    time (here the teacher's own: exact); its scoring at a smaller size is `tests/test_lower_res.py`."""
     import copy
     import statistics
 
@@ -335,3 +337,11 @@ def test_bench_report_timing_figures_by_hand_from_the_runs_own_frames(tmp_path):
     assert rival["speed_ratio"] == pytest.approx(fastest_ms / delta_ms, rel=1e-12)
     acc = report["accuracy"]["value"]
     assert rival["margin"] == pytest.approx(acc - rival["value"]) and rival["margin_needed"] == margin_needed(rival["value"])
+    # the teacher at a lower resolution: the first size (largest first) whose time fits the delta model's
+    low = report["accuracy"]["rival_lower_res"]
+    sizes = [t["input_size"] for t in low["timed"]]
+    assert sizes[0] == [256, 256] and sizes == sorted(sizes, reverse=True)
+    assert all(t["ms"] > delta_ms for t in low["timed"][:-1]) and low["input_size"] == sizes[-1]
+    assert (low["timed"][-1]["ms"] <= delta_ms) == ("words" not in low)
+    if low["input_size"] == [256, 256]:  # the teacher itself fits the time: the rival is exact
+        assert low["value"] == 1.0 and not low["beats"]
