@@ -123,7 +123,8 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
     tmp = tempfile.TemporaryDirectory(prefix="deltadistill-onnx-") if backend != "torch" and runtime == "dense" else None
     runners: tuple | None = None
     try:
-        fastest = fastest_dense(teacher, (info.height, info.width), engines=tuple(engines)) if engines else None
+        fastest = fastest_dense(teacher, (info.height, info.width), engines=tuple(engines),  # content size at the
+                                align=getattr(teacher, "size_multiple", 32)) if engines else None  # teacher's stride
         if runtime == "crop":
             stream = CropStream(teacher, copy.deepcopy(policy) or keyframe_interval, backend=backend,
                                 **(crop or {})).prepare(progress)
