@@ -68,4 +68,5 @@ def load_isnet(input_size: tuple[int, int] | None = None,
                               task="segmentation", map_threshold=0.5, size_multiple=MULTIPLE)
     teacher.task_loss = "seg_bce"
     teacher.default_background = "plain"  # `run` writes the cut-out, not the mask drawn over the frame
+    teacher.size_for = default_size  # the demo scores each video at its own content size
     return teacher.eval()
