@@ -156,3 +156,25 @@ def test_isnet_without_cache_or_npm_is_one_line_and_exit_2(tmp_path: Path, monke
 def test_default_size_is_the_content_size(frame: tuple[int, int] | None, size: tuple[int, int]) -> None:
     """Catches: a default that letterboxes (a square input for a 4:3 video) or breaks the 64 multiple."""
     assert default_size(frame) == size
+
+
+def test_cutout_puts_the_foreground_over_the_chosen_background() -> None:
+    """Catches: a cut-out that ignores or inverts the mask, hard-thresholds a soft edge, or ignores
+    which background was asked for; and a cut-out asked of a detector."""
+    from deltadistill.runtime.run import _drawing
+    from deltadistill.video import cutout
+    from deltadistill.video.writer import PLAIN_BACKGROUND
+
+    frame = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    mask = np.zeros((16, 16), np.float32)
+    mask[:, :8] = 1.0
+    mask[:, 7] = 0.5
+    plain = cutout(frame, mask, "plain")
+    assert (plain[:, :7] == frame[:, :7]).all() and (plain[:, 8:] == np.array(PLAIN_BACKGROUND, np.uint8)).all()
+    half = (frame[:, 7].astype(np.float32) + np.array(PLAIN_BACKGROUND, np.float32)) / 2
+    assert np.abs(plain[:, 7] - half).max() <= 1
+    blur = cutout(frame, mask, "blur")
+    assert (blur[:, :7] == frame[:, :7]).all() and not (blur[:, 8:] == plain[:, 8:]).all()
+    assert not (blur[:, 8:] == frame[:, 8:]).all()
+    with pytest.raises(ValueError, match="segmentation"):
+        _drawing(None, "detection", "blur")

@@ -103,7 +103,8 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
                         policy if policy is not None else keyframe_interval, keyframe_interval, backend=backend,
                         threads=threads, compile=compile, options=dict(crop or {}), progress=progress)
     tc_teacher, tc_delta = task.consistency(), task.consistency()
-    fastest = fastest_dense(teacher, (info.height, info.width), engines=tuple(engines)) if engines else None
+    fastest = fastest_dense(teacher, (info.height, info.width), engines=tuple(engines),  # content size at the
+                            align=getattr(teacher, "size_multiple", 32)) if engines else None  # teacher's stride
     stream = open_stream(name_, setup)
     macs = stream.mac_report()
     writer = VideoWriter(out_video, fps=info.fps).__enter__() if out_video else None

@@ -415,6 +415,9 @@ def run(
                                          "to hold it over every 32 frames; --keyframe-interval is then the longest"),
     rate_mode: str = typer.Option("topk", help="--target: keep the same share of pixels in every sparse layer "
                                   "(topk), or scale every sparse threshold (threshold)"),
+    background: Optional[str] = typer.Option(None, help="the mp4 of a segmentation teacher: the cut-out foreground "
+                                             "over a plain colour (plain) or the frame blurred (blur), or the mask "
+                                             "drawn over the frame (overlay); default plain for isnet, else overlay"),
 ) -> None:
     """Run a delta model (or its teacher) over videos: annotated mp4, JSON lines, frames/s, MACs/frame.
 
@@ -430,6 +433,10 @@ def run(
         if backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         _check_options(threads, rate_mode, scene_cut=scene_cut, crop_threshold=crop_threshold)
+        from deltadistill.video import BACKGROUNDS
+
+        if background is not None and background not in BACKGROUNDS:  # before the teacher loads
+            raise ValueError(f"--background must be one of {', '.join(BACKGROUNDS)}, not {background!r}")
         videos = video_list(video, videos_from)
         first = Path(videos[0]) if videos and Path(videos[0]).is_file() else None
         t, name, m = _load_for_run(model, teacher, input_size, value_range, task, video=first)
@@ -479,7 +486,8 @@ def run(
                              target=target, rate={"mode": rate_mode},
                              jsonl=lines, threads=threads or None, scene_cut=scene_cut or None,
                              progress=len(videos) == 1, backend=backend, runtime=runtime,
-                             crop={"threshold": crop_threshold, "threshold_scale": threshold_scale})
+                             crop={"threshold": crop_threshold, "threshold_scale": threshold_scale},
+                             background=background)
 
         if len(videos) == 1 and out_dir is None and not render:
             summary = one(videos[0], out, jsonl)

@@ -24,7 +24,7 @@ from ..files import atomic_write, check_output_file
 from ..stream import SceneCut
 from ..stream.rate import rate_policy
 from ..tasks import DETECTION_SCORE_THRESHOLD, task_for
-from ..video import VideoError, VideoWriter, fit_frame, is_live, iter_frames, video_info
+from ..video import BACKGROUNDS, VideoError, VideoWriter, cutout, fit_frame, is_live, iter_frames, video_info
 from .streams import StreamSetup, open_stream, resolve
 
 
@@ -93,12 +93,16 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
               out: str | Path | None = None, jsonl: str | Path | None = None,
               progress: bool = True, threads: int | None = None,
               on_frame: Callable[[int, dict], None] | None = None, scene_cut: float | None = None,
-              backend: str | None = None, runtime: str = "dense", crop: dict | None = None) -> RunSummary:
+              backend: str | None = None, runtime: str = "dense", crop: dict | None = None,
+              background: str | None = None) -> RunSummary:
     """Run ``model`` (a deployed delta model; the plain ``teacher`` when None) or the exported graphs
     in ``onnx_dir`` over ``video`` and write ``out`` (mp4) and ``jsonl``. Outputs appear only complete.
     ``scene_cut``: also a keyframe where the input jumps (`SceneCut`). ``backend``: ``openvino`` runs
     the exported graphs, or the plain teacher, on OpenVINO. ``runtime="crop"``: the teacher itself,
     rerun only on boxes around what moved (`runtime.crop.CropStream`, options in ``crop``).
+    ``background``: what the mp4 of a segmentation teacher shows, the cut-out foreground over a
+    ``plain`` colour or the ``blur``-red frame, or the mask as an ``overlay``; default the teacher's
+    ``default_background`` (IS-Net: ``plain``), else ``overlay``.
     """
     for path, what in ((out, "output video"), (jsonl, "JSONL output")):
         if path is not None:
@@ -107,6 +111,7 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
         torch.set_num_threads(threads)
     task = task_for(teacher)
     kind = getattr(teacher, "task", "segmentation")
+    draw = _drawing(task, kind, background or getattr(teacher, "default_background", None))
     size = tuple(teacher.input_size)
     live = is_live(video)  # a pipe, URL or device: read once as frames arrive; no count, no rate probe
     info = None if live else video_info(video)
@@ -148,7 +153,7 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
                 if on_frame is not None:
                     on_frame(i, rec)
                 if writer is not None:
-                    writer.write(task.draw(frame, pred))
+                    writer.write(draw(frame, pred))
                 n += 1
                 bar.update(1)
     except BaseException as e:
@@ -167,3 +172,15 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
     return RunSummary(n, keys, seconds, n / max(seconds, 1e-9), per_frame, teacher_macs,
                       stream.measured, backend, str(out) if out else None,
                       str(jsonl) if jsonl else None, policy.summary() if target is not None else None)
+
+
+def _drawing(task: Any, kind: str, background: str | None) -> Callable[[np.ndarray, Any], np.ndarray]:
+    """How a frame and its prediction become a frame of the mp4: the task's drawing, or a cut-out."""
+    if background is None or background == "overlay":
+        return task.draw
+    if background not in BACKGROUNDS:
+        raise ValueError(f"--background must be one of {', '.join(BACKGROUNDS)}, not {background!r}")
+    if kind != "segmentation":
+        raise ValueError(f"--background {background} cuts out a segmentation teacher's foreground; "
+                         f"this teacher's task is {kind}")
+    return lambda frame, mask: cutout(frame, mask, background)

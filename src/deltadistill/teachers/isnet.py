@@ -67,4 +67,6 @@ def load_isnet(input_size: tuple[int, int] | None = None,
     teacher = ImportedTeacher(graph, name=NAME, source=NAME, input_size=size, value_range=VALUE_RANGE,  # type: ignore[arg-type]
                               task="segmentation", map_threshold=0.5, size_multiple=MULTIPLE)
     teacher.task_loss = "seg_bce"
+    teacher.default_background = "plain"  # `run` writes the cut-out, not the mask drawn over the frame
+    teacher.size_for = default_size  # the demo scores each video at its own content size
     return teacher.eval()

@@ -13,7 +13,7 @@ from .reader import (
            letterbox_share,
            video_info,
 )
-from .writer import VideoWriter, draw_boxes, overlay_mask, side_by_side
+from .writer import BACKGROUNDS, VideoWriter, cutout, draw_boxes, overlay_mask, side_by_side
 
-__all__ = ["Letterbox", "VideoClips", "VideoError", "VideoInfo", "VideoWarning", "VideoWriter", "default_videos", "draw_boxes",
+__all__ = ["BACKGROUNDS", "Letterbox", "VideoClips", "VideoError", "VideoInfo", "VideoWarning", "VideoWriter", "cutout", "default_videos", "draw_boxes",
            "fit_frame", "frame_size", "is_live", "iter_frames", "letterbox_share", "overlay_mask", "side_by_side", "video_info"]

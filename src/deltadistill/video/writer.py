@@ -82,6 +82,29 @@ def overlay_mask(frame: np.ndarray, mask: np.ndarray, color: tuple[int, int, int
     return out
 
 
+#: what a cut-out puts behind the foreground (`cutout`); ``overlay`` draws the mask instead (`overlay_mask`)
+BACKGROUNDS = ("plain", "blur", "overlay")
+PLAIN_BACKGROUND = (0, 177, 64)  # chroma green: plainly not part of the picture
+
+
+def cutout(frame: np.ndarray, mask: np.ndarray, background: str = "plain",
+           color: tuple[int, int, int] = PLAIN_BACKGROUND) -> np.ndarray:
+    """The foreground over a plain ``color`` or over the frame itself blurred, blended by the
+    probability mask (H, W) in 0..1, so soft edges (hair) stay soft, as background removal shows them."""
+    if background not in ("plain", "blur"):
+        raise ValueError(f"background must be plain or blur, not {background!r}")
+    a = np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)
+    if a.shape != frame.shape[:2]:
+        a = cv2.resize(a, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
+    if background == "blur":
+        bg = cv2.GaussianBlur(frame, (0, 0), sigmaX=max(frame.shape[:2]) / 40).astype(np.float32)
+    else:
+        bg = np.empty(frame.shape, np.float32)
+        bg[:] = color
+    a = a[..., None]
+    return (a * frame.astype(np.float32) + (1.0 - a) * bg + 0.5).astype(np.uint8)
+
+
 def _bar(width: int, text: str, color: tuple[int, int, int]) -> np.ndarray:
     bar = np.zeros((24, width, 3), np.uint8)
     bar[:] = color
