@@ -100,7 +100,7 @@ def resolve_teacher(name_or_path: str, input_size: tuple[int, int] | None = None
     if name_or_path == "isnet":  # an ONNX file from npm; by default at the video's content size
         if value_range or (task and task != "segmentation"):
             raise TeacherError("isnet is a segmentation teacher with its own value range (-0.5, 0.5)")
-        from .teachers.isnet import default_size
+        from .isnet import default_size
 
         return teachers.load("isnet", input_size=input_size or default_size(frame_size))
     if name_or_path in teachers.available():
