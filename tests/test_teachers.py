@@ -61,7 +61,7 @@ def test_cached_model_needs_no_network(tmp_path: Path, monkeypatch) -> None:
 def test_unknown_teacher() -> None:
     with pytest.raises(KeyError):
         teachers.load("nope")
-    assert teachers.available() == ["centernet", "selfie"]
+    assert teachers.available() == ["centernet", "isnet", "selfie"]
 
 
 # ---------------------------------------------------------------- decoding helpers

@@ -171,7 +171,7 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
     per_frame = total_macs / max(n, 1) if counted else None  # onnxruntime cannot count a sparse student's cost
     return RunSummary(n, keys, seconds, n / max(seconds, 1e-9), per_frame, teacher_macs,
                       stream.measured, backend, str(out) if out else None,
-                      str(jsonl) if jsonl else None, policy.summary() if target is not None else None)
+                      str(jsonl) if jsonl else None, stream.policy.summary() if target is not None else None)
 
 
 def _drawing(task: Any, kind: str, background: str | None) -> Callable[[np.ndarray, Any], np.ndarray]:

@@ -130,6 +130,11 @@ class RateControl:
         return cost_floor(self.report) if self.report is not None else 0.0
 
     @property
+    def key_cost(self) -> float | None:
+        """The share of a keyframe's cost at which a delta frame calls for one (`keys.KeyChooser`)."""
+        return self.chooser.key_cost
+
+    @property
     def keys(self) -> list[bool]:
         """Which frames so far were keyframes."""
         return self.budget.keys
