@@ -143,7 +143,8 @@ def distill(
 @app.command()
 def demo(
     teacher: str = typer.Option("selfie", help="selfie (segmentation: the default, whose delta model beats "
-                                "repeating keyframes at 2.4x fewer MACs), centernet (detection), or an .onnx file "
+                                "repeating keyframes at 2.4x fewer MACs), centernet (detection), isnet (background "
+                                "removal, the expensive kind: 32 frames a video), or an .onnx file "
                                 "(scored as a map; sparse students at a generic threshold)"),
     input_size: Optional[str] = typer.Option(None, help=INPUT_SIZE_HELP),
     value_range: Optional[str] = typer.Option(None, help=VALUE_RANGE_HELP),
