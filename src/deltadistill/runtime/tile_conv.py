@@ -12,6 +12,15 @@ The conv keeps ``X``, the input it last computed from, zero-padded and as rows. 
 
 Recomputing from ``X`` rather than adding deltas means nothing accumulates: an output is always the
 conv of a stored input, and a keyframe refills both.
+
+``reference="keyframe"`` is the sparse student's rule instead: a pixel is active when it moved past the
+threshold against the *keyframe's* input, and ``X`` is the keyframe's input with the active pixels'
+current values, so an output is what `SparseStudent` gives (``conv(x_k + mask * (x_t - x_k))``).
+Only the pixels of ``X`` that differ from the last frame's are written, and only the outputs they
+reach recomputed: the same outputs as the student, at the cost of what moved since the last frame.
+
+A ReLU that is the conv's only reader is fused (``relu``): applied to the computed rows before the
+write, so the pre-activation map is never kept.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .tile_maps import Changed, Slot, rows_view, to_rows
+from .tile_maps import Changed, Reach, Slot, rows_view, to_rows, window_reads
 
 #: bytes of gathered patches per matmul: larger chunks fall out of L2 (the prototype's 20-40% jump)
 CHUNK_BYTES = 1 << 20
@@ -59,8 +68,13 @@ class TileConv:
 
     def __init__(self, name: str, conv: nn.Conv2d, ins: Sequence[int], outs: Sequence[int],
                  pads: tuple[int, int, int, int], in_hw: tuple[int, int], out_hw: tuple[int, int],
-                 threshold: float, weights: Tensor | None, dense_level: float, tile: int = 1) -> None:
-        self.name, self.conv = name, conv
+                 threshold: float, weights: Tensor | None, dense_level: float, tile: int = 1,
+                 reference: str = "last") -> None:
+        if reference not in ("last", "keyframe"):
+            raise ValueError(f"reference must be 'last' or 'keyframe', got {reference!r}")
+        self.name, self.conv, self.reference = name, conv, reference
+        #: a ReLU fused into the write (set by the runtime when the ReLU is the conv's only reader)
+        self.relu = False
         self.src, self.dst = ins[0], outs[0]
         self.threshold, self.weights, self.dense_level, self.tile = threshold, weights, dense_level, tile
         self.in_hw, self.out_hw, self.pads = in_hw, out_hw, pads
@@ -84,6 +98,9 @@ class TileConv:
         self.macs_per_pixel = wt.shape[0] * wt.shape[1] * kh * kw
         self.chunk = max(16, CHUNK_BYTES // (4 * self.matrix.shape[0]))
         self.x: Tensor | None = None  # the committed input, padded, as rows
+        self.x_key: Tensor | None = None  # the keyframe's input, as rows (reference="keyframe")
+        self._reach = Reach(window_reads(h, out_hw[0], kh, sh, dh, t), window_reads(w, out_hw[1], kw, sw, dw, left),
+                            in_hw, out_hw)
         #: what the last delta frame did: active input pixels, computed outputs, and whether densely
         self.last: tuple[int, int, bool] = (0, 0, False)
 
@@ -92,6 +109,8 @@ class TileConv:
         src = env[self.src]
         t, b, left, r = self.pads
         self.x = to_rows(F.pad(src.nchw, (left, r, t, b))) if any(self.pads) else src.value.clone()
+        if self.reference == "keyframe":
+            self.x_key = src.value.clone()
 
     def dense(self) -> Tensor:
         """The whole output from the committed input, as rows (the stock kernel, channels-last)."""
@@ -99,6 +118,14 @@ class TileConv:
         c = self.conv
         out = F.conv2d(rows_view(self.x, self.padded_hw), self.weight, self.bias, c.stride, 0, c.dilation, c.groups)
         return to_rows(out)
+
+    def _write(self, dst: Slot, outs: Tensor | None, rows: Tensor) -> None:
+        if self.relu:
+            rows = rows.relu_()
+        if outs is None:
+            dst.value = rows
+        else:
+            dst.value.index_copy_(0, outs, rows)
 
     # ------------------------------------------------------------------ delta frame
     def active(self, src: Slot) -> Tensor | None:
@@ -115,8 +142,27 @@ class TileConv:
         self.x.index_copy_(0, self.pad_of[act], new[sel])
         return act
 
+    def moved_from_key(self, src: Slot) -> Tensor | None:
+        """The student's rule: ``X`` = the keyframe's input, with the current value where that moved past
+        the threshold. Returns the rewritten input pixels whose entry of ``X`` changed."""
+        assert src.changed is not None and self.x is not None and self.x_key is not None
+        idx = src.changed.idx
+        rows = self.pad_of[idx]
+        new, key = src.value.index_select(0, idx), self.x_key.index_select(0, idx)
+        diff = (new - key).abs_()
+        score = diff @ self.weights if self.weights is not None else diff.mean(1)
+        target = torch.where((score > self.threshold)[:, None], new, key)
+        moved = (target != self.x.index_select(0, rows)).any(1)
+        act = idx[moved]
+        if act.numel() == 0:
+            return None
+        self.x.index_copy_(0, rows[moved], target[moved])
+        return act
+
     def reach(self, act: Tensor) -> Changed:
         """Output pixels whose window holds an active input pixel (rounded up to whole tiles)."""
+        if self.tile == 1:
+            return Changed(self.out_hw, _idx=self._reach(act))
         h, w = self.in_hw
         m = torch.zeros(h * w)
         m[act] = 1.0
@@ -153,18 +199,18 @@ class TileConv:
         self.last = (0, 0, False)
         if src.changed is None:
             return 0
-        act = self.active(src)
+        act = self.active(src) if self.reference == "last" else self.moved_from_key(src)
         if act is None:
             return 0
         changed = self.reach(act)
         n = changed.n
         dense = self.grouped or n > self.dense_level * self.out_hw[0] * self.out_hw[1]
         if dense:
-            dst.value = self.dense()
+            self._write(dst, None, self.dense())
             macs = self.macs_per_pixel // self.conv.groups * self.out_hw[0] * self.out_hw[1]
         else:
             outs = changed.idx
-            dst.value.index_copy_(0, outs, self.gathered(outs))
+            self._write(dst, outs, self.gathered(outs))
             macs = self.macs_per_pixel * n
         dst.changed = changed
         self.last = (int(act.numel()), n, dense)
