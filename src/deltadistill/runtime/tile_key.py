@@ -5,8 +5,12 @@ A delta frame reads, from the keyframe, every map its handlers keep (each conv's
 output). In torch the teacher costs IS-Net 4-8x OpenVINO on this host, so at K=8 the keyframe alone
 would cost 0.5-1x OpenVINO amortised. Here the same plan (`GraphModule._steps`, the teacher's convs)
 is traced once with those maps as outputs, converted and compiled with OpenVINO at f32 (the settings
-of `runtime.openvino`), and kept as IR in the export cache, so a keyframe costs one OpenVINO run plus
-a copy of each map into rows.
+of `runtime.openvino`), and kept as IR in the export cache.
+
+Each map comes out channels-last (OpenVINO's pre/post-processing writes NHWC) straight into the
+runtime's own row tensors, bound as the request's output buffers: no copy, no transpose in torch. The
+delta frames then write into those same tensors in place, which is safe: the next keyframe rewrites
+every one of them whole.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch import Tensor, nn
 
 from ..extras import require
 from ..teachers.graph import GraphModule
-from .tile_maps import Slot, to_rows
+from .tile_maps import Slot
 
 
 class _Maps(nn.Module):
@@ -56,11 +60,11 @@ class OpenVinoKeyframe:
     """``run(x)`` fills the given slots of an env from one OpenVINO run of the teacher on ``x``
     (an NCHW frame, already in the teacher's value range)."""
 
-    def __init__(self, graph: GraphModule, convs: dict[str, nn.Module], slots: Sequence[int], example: Tensor,
-                 threads: int | None = None, workdir: str | Path | None = None) -> None:
+    def __init__(self, graph: GraphModule, convs: dict[str, nn.Module], slots: Sequence[int],
+                 hwc: Sequence[tuple[int, int, int] | None], example: Tensor, threads: int | None = None,
+                 workdir: str | Path | None = None) -> None:
         ov = require("openvino", "the OpenVINO keyframe")
         from .cache import cache_dir, fingerprint
-        from .openvino import compile_file
 
         self.slots = list(slots)
         key = fingerprint(nn.ModuleDict(convs), type(graph).__qualname__, len(graph._steps), tuple(example.shape),
@@ -78,16 +82,30 @@ class OpenVinoKeyframe:
             (tmp / "m.bin").replace(file.with_suffix(".bin"))
             (tmp / "m.xml").replace(file)  # last: the xml's presence says the pair is whole
             tmp.rmdir()
-        self.compiled = compile_file(file, threads)
+        core = ov.Core()
+        model = core.read_model(str(file))
+        ppp = ov.preprocess.PrePostProcessor(model)
+        for i, hw in enumerate(hwc):
+            if hw is not None:
+                ppp.output(i).tensor().set_layout(ov.Layout("NHWC"))
+                ppp.output(i).model().set_layout(ov.Layout("NCHW"))
+        # the settings of `runtime.openvino.compile_file`: f32, latency, one stream, the caller's threads
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                  "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
+        self.compiled = core.compile_model(ppp.build(), "CPU", config)
         self.request = self.compiled.create_infer_request()
+        #: per output, the rows tensor OpenVINO writes into (None: a non-spatial value, copied out)
+        self.rows: list[Tensor | None] = []
+        for i, hw in enumerate(hwc):
+            if hw is None:
+                self.rows.append(None)
+                continue
+            rows = torch.empty(hw[0] * hw[1], hw[2])
+            self.request.set_output_tensor(i, ov.Tensor(rows.numpy().reshape(1, *hw), shared_memory=True))
+            self.rows.append(rows)
 
     def run(self, x: Tensor, env: list[Slot]) -> None:
         self.request.infer({0: x.detach().contiguous().numpy()})
         for i, s in enumerate(self.slots):
-            v = torch.from_numpy(self.request.get_output_tensor(i).data)
-            slot = env[s]
-            if slot.spatial:
-                rows = to_rows(v)  # a copy, channels last, except where the layout already was (C = 1)
-                slot.value = rows.clone() if rows.data_ptr() == v.data_ptr() else rows
-            else:
-                slot.value = v.clone()
+            rows = self.rows[i]
+            env[s].value = rows if rows is not None else torch.from_numpy(self.request.get_output_tensor(i).data).clone()

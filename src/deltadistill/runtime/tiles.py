@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,8 +156,9 @@ class TileStream:
                 s.changed, s.dirty = None, False
             self.env[g._input_slots[0]].value = to_rows(x)
             self._ov.run(x, self.env)
-            for h in self.handlers:
-                h.key(self.env)
+            with _threads(self.delta_threads):  # the handlers' copies: small regions, as in a delta frame
+                for h in self.handlers:
+                    h.key(self.env)
             return
         values: list[Any] = [None] * g._n_slots
         for slot, v in zip(g._input_slots, [x], strict=True):
@@ -189,7 +191,8 @@ class TileStream:
                 from .tile_key import OpenVinoKeyframe
 
                 convs = {name: rule.conv for name, rule in self.rules.items()}
-                self._ov = OpenVinoKeyframe(g, convs, self.keyframe_slots(values), x)
+                slots = self.keyframe_slots(values)
+                self._ov = OpenVinoKeyframe(g, convs, slots, [(*self.env[s].hw, self.env[s].value.shape[1]) if self.env[s].spatial else None for s in slots], x)
         for h in self.handlers:
             h.key(self.env)
 
@@ -293,13 +296,8 @@ class TileStream:
     # ------------------------------------------------------------------ delta frame
     @torch.no_grad()
     def _delta(self, x: Tensor) -> None:
-        threads = torch.get_num_threads()
-        if self.delta_threads is not None:
-            torch.set_num_threads(self.delta_threads)
-        try:
+        with _threads(self.delta_threads):
             self._delta_steps(x)
-        finally:
-            torch.set_num_threads(threads)
 
     def _delta_steps(self, x: Tensor) -> None:
         g = self.graph
@@ -355,6 +353,18 @@ class TileStream:
         self.last_key = key
         self.step += 1
         return self.outputs()
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """torch's thread count set to ``n`` within the block (None: left alone)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _dense_macs(conv: nn.Module, x: Any, out: Any) -> int:
