@@ -129,6 +129,7 @@ def test_exact_at_threshold_zero() -> None:
             costs.append(stream.last_cost)
         assert not stream.fallbacks
         assert any(isinstance(h, Alias) for h in stream.handlers) and any(isinstance(h, Fused) for h in stream.handlers)
+        assert any(getattr(h, "parts", None) for h in stream.handlers)  # a concat read through by its conv
         assert 0 < max(costs[1:]) < 0.9, costs  # delta frames computed part of the teacher, not all of it
 
 
@@ -238,7 +239,7 @@ def test_no_drift_under_slow_creep() -> None:
         errs.append(max(float((a - b).abs().max()) for a, b in zip(got, want, strict=True)))
         for h in stream.handlers:  # every conv's stored input is within its threshold of its real input
             if hasattr(h, "threshold") and h.x is not None:
-                real = stream.env[h.src].value
+                real = h.current(stream.env)
                 stored = h.x.index_select(0, h.pad_of)
                 assert float((real - stored).abs().mean(1).max()) <= h.threshold + 1e-6
     assert errs[250] < 1e-5

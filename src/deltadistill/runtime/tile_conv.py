@@ -20,7 +20,9 @@ Only the pixels of ``X`` that differ from the last frame's are written, and only
 reach recomputed: the same outputs as the student, at the cost of what moved since the last frame.
 
 A ReLU that is the conv's only reader is fused (``relu``): applied to the computed rows before the
-write, so the pre-activation map is never kept.
+write, so the pre-activation map is never kept. A channel concat whose only reader is the conv is
+fused too (``parts``): the conv reads its input pixels from the concat's inputs, so the concat's map
+is never built, neither on a keyframe nor on a delta frame.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .tile_maps import Changed, Reach, Slot, rows_view, to_rows, window_reads
+from .tile_maps import Changed, Reach, Slot, rows_view, to_rows, union, window_reads
 
 #: bytes of gathered patches per matmul: larger chunks fall out of L2 (the prototype's 20-40% jump)
 CHUNK_BYTES = 1 << 20
@@ -75,6 +77,8 @@ class TileConv:
         self.name, self.conv, self.reference = name, conv, reference
         #: a ReLU fused into the write (set by the runtime when the ReLU is the conv's only reader)
         self.relu = False
+        #: the slots of a fused concat's inputs (channels in order), read instead of ``src``
+        self.parts: tuple[int, ...] | None = None
         self.src, self.dst = ins[0], outs[0]
         self.threshold, self.weights, self.dense_level, self.tile = threshold, weights, dense_level, tile
         self.in_hw, self.out_hw, self.pads = in_hw, out_hw, pads
@@ -106,11 +110,28 @@ class TileConv:
 
     # ------------------------------------------------------------------ keyframe
     def key(self, env: list[Slot]) -> None:
-        src = env[self.src]
         t, b, left, r = self.pads
-        self.x = to_rows(F.pad(src.nchw, (left, r, t, b))) if any(self.pads) else src.value.clone()
+        if self.parts is None:
+            src = env[self.src]
+            nchw, rows = src.nchw, src.value
+        else:
+            rows = torch.cat([env[p].value for p in self.parts], 1)
+            nchw = rows_view(rows, self.in_hw)
+        self.x = to_rows(F.pad(nchw, (left, r, t, b))) if any(self.pads) else rows.clone()
         if self.reference == "keyframe":
-            self.x_key = src.value.clone()
+            self.x_key = rows.clone() if self.parts is None else rows
+
+    def changed(self, env: list[Slot]) -> Changed | None:
+        """The input pixels rewritten this frame."""
+        if self.parts is None:
+            return env[self.src].changed
+        return union(self.in_hw, [env[p].changed for p in self.parts])
+
+    def current(self, env: list[Slot], idx: Tensor | None = None) -> Tensor:
+        """The input's current rows (at ``idx``, or all)."""
+        parts = (self.src,) if self.parts is None else self.parts
+        got = [env[p].value if idx is None else env[p].value.index_select(0, idx) for p in parts]
+        return got[0] if len(got) == 1 else torch.cat(got, 1)
 
     def dense(self) -> Tensor:
         """The whole output from the committed input, as rows (the stock kernel, channels-last)."""
@@ -128,11 +149,11 @@ class TileConv:
             dst.value.index_copy_(0, outs, rows)
 
     # ------------------------------------------------------------------ delta frame
-    def active(self, src: Slot) -> Tensor | None:
+    def active(self, env: list[Slot], changed: Changed) -> Tensor | None:
         """Rewritten input pixels whose change against the committed input passes the threshold."""
-        assert src.changed is not None and self.x is not None
-        idx = src.changed.idx
-        new = src.value.index_select(0, idx)
+        assert self.x is not None
+        idx = changed.idx
+        new = self.current(env, idx)
         diff = (new - self.x.index_select(0, self.pad_of[idx])).abs_()
         score = diff @ self.weights if self.weights is not None else diff.mean(1)
         sel = score > self.threshold
@@ -142,13 +163,13 @@ class TileConv:
         self.x.index_copy_(0, self.pad_of[act], new[sel])
         return act
 
-    def moved_from_key(self, src: Slot) -> Tensor | None:
+    def moved_from_key(self, env: list[Slot], changed: Changed) -> Tensor | None:
         """The student's rule: ``X`` = the keyframe's input, with the current value where that moved past
         the threshold. Returns the rewritten input pixels whose entry of ``X`` changed."""
-        assert src.changed is not None and self.x is not None and self.x_key is not None
-        idx = src.changed.idx
+        assert self.x is not None and self.x_key is not None
+        idx = changed.idx
         rows = self.pad_of[idx]
-        new, key = src.value.index_select(0, idx), self.x_key.index_select(0, idx)
+        new, key = self.current(env, idx), self.x_key.index_select(0, idx)
         diff = (new - key).abs_()
         score = diff @ self.weights if self.weights is not None else diff.mean(1)
         target = torch.where((score > self.threshold)[:, None], new, key)
@@ -194,12 +215,13 @@ class TileConv:
 
     def delta(self, env: list[Slot]) -> int:
         """Run on a delta frame; returns the MACs computed."""
-        src, dst = env[self.src], env[self.dst]
+        dst = env[self.dst]
         dst.changed = None
         self.last = (0, 0, False)
-        if src.changed is None:
+        changed_in = self.changed(env)
+        if changed_in is None:
             return 0
-        act = self.active(src) if self.reference == "last" else self.moved_from_key(src)
+        act = self.active(env, changed_in) if self.reference == "last" else self.moved_from_key(env, changed_in)
         if act is None:
             return 0
         changed = self.reach(act)

@@ -198,13 +198,10 @@ class TileStream:
 
     def keyframe_slots(self, values: list[Any]) -> list[int]:
         """The slots a keyframe must fill for the delta frames: every float tensor a step makes, except
-        an `Alias`'s (the input's map), a fused conv's pre-activation, and what nothing reads."""
+        an `Alias`'s (the input's map), what a fusion left unkept, and what nothing reads."""
         g = self.graph
         read = {s for _, ins, _, _ in g._steps for s in ins} | set(g._output_slots)
-        skip = {h.dst for h in self.handlers if isinstance(h, Alias)}
-        for i, h in enumerate(self.handlers):
-            if isinstance(h, TileConv) and h.relu:
-                skip.add(g._steps[i][2][0])
+        skip = {h.dst for h in self.handlers if isinstance(h, Alias)} | self.unkept
         return [s for _, _, outs, _ in g._steps for s in outs
                 if s in read and s not in skip and isinstance(values[s], Tensor) and values[s].is_floating_point()]
 
@@ -232,16 +229,31 @@ class TileStream:
         self._fuse()
 
     def _fuse(self) -> None:
-        """A ReLU step right after a tiled conv, and its only reader, moves into the conv's write."""
+        """A ReLU step right after a tiled conv, and its only reader, moves into the conv's write; a
+        channel concat whose only reader is a tiled conv moves into the conv's reads. ``unkept``: the
+        slots that then no handler keeps (the conv's pre-activation, the concat's map)."""
         g = self.graph
         readers: dict[int, int] = {s: 1 for s in g._output_slots}
         for _, ins, _, _ in g._steps:
             for s in ins:
                 readers[s] = readers.get(s, 0) + 1
-        for i, h in enumerate(self.handlers[:-1]):
+        made_by = {outs[0]: i for i, (_, _, outs, _) in enumerate(g._steps)}
+        self.unkept: set[int] = set()
+        for i, h in enumerate(self.handlers):
+            if not isinstance(h, TileConv) or h.grouped:
+                continue
+            j = made_by.get(h.src)
+            if j is not None and g.step_ops.get(j, ("?",))[0] == "Concat" and readers.get(h.src) == 1 \
+                    and isinstance(self.handlers[j], Pixelwise) and all(self.env[p].spatial for p in g._steps[j][1]):
+                h.parts = g._steps[j][1]
+                self.handlers[j] = Fused(h.name)
+                self.unkept.add(h.src)
+            if i + 1 == len(self.handlers):
+                continue
             _, ins, outs, _ = g._steps[i + 1]
-            if isinstance(h, TileConv) and not h.grouped and g.step_ops.get(i + 1, ("?",))[0] == "Relu" \
-                    and ins == (h.dst,) and readers.get(h.dst) == 1 and isinstance(self.handlers[i + 1], Pixelwise):
+            if g.step_ops.get(i + 1, ("?",))[0] == "Relu" and ins == (h.dst,) and readers.get(h.dst) == 1 \
+                    and isinstance(self.handlers[i + 1], Pixelwise):
+                self.unkept.add(h.dst)
                 h.relu, h.dst = True, outs[0]
                 self.handlers[i + 1] = Fused(h.name)
 
