@@ -34,10 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .tile_maps import Changed, Reach, Slot, rows_view, to_rows, union, window_reads
+from .tile_maps import Changed, Reach, Slot, rows_view, threads, to_rows, union, window_reads
 
 #: bytes of gathered patches per matmul: larger chunks fall out of L2 (the prototype's 20-40% jump)
 CHUNK_BYTES = 1 << 20
+#: MACs of one conv's gathered matmuls from which they run at ``mm_threads`` (a parallel region's
+#: start and barrier cost ~0.1 ms here, more on a loaded host: worth it only for large ones)
+PARALLEL_MACS = 20_000_000
 
 
 def conv_pads(conv: nn.Conv2d, attrs: dict, in_hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
@@ -77,6 +80,8 @@ class TileConv:
         self.name, self.conv, self.reference = name, conv, reference
         #: a ReLU fused into the write (set by the runtime when the ReLU is the conv's only reader)
         self.relu = False
+        #: threads for large gathered matmuls (None: the delta frame's)
+        self.mm_threads: int | None = None
         #: the slots of a fused concat's inputs (channels in order), read instead of ``src``
         self.parts: tuple[int, ...] | None = None
         self.src, self.dst = ins[0], outs[0]
@@ -203,6 +208,13 @@ class TileConv:
         cin = self.x.shape[1]
         k = self.offsets.numel()
         res = torch.empty(outs.numel(), self.matrix.shape[1])
+        big = outs.numel() * self.matrix.numel() >= PARALLEL_MACS
+        with threads(self.mm_threads if big else None):
+            self._gather_mm(outs, res, cin, k)
+        return res
+
+    def _gather_mm(self, outs: Tensor, res: Tensor, cin: int, k: int) -> None:
+        assert self.x is not None
         for s in range(0, outs.numel(), self.chunk):
             o = outs[s:s + self.chunk]
             taps = (self.base[o][:, None] + self.offsets[None, :]).reshape(-1)
@@ -211,7 +223,6 @@ class TileConv:
                 torch.addmm(self.bias, cols, self.matrix, out=res[s:s + self.chunk])
             else:
                 torch.mm(cols, self.matrix, out=res[s:s + self.chunk])
-        return res
 
     def delta(self, env: list[Slot]) -> int:
         """Run on a delta frame; returns the MACs computed."""
@@ -228,7 +239,8 @@ class TileConv:
         n = changed.n
         dense = self.grouped or n > self.dense_level * self.out_hw[0] * self.out_hw[1]
         if dense:
-            self._write(dst, None, self.dense())
+            with threads(self.mm_threads):
+                self._write(dst, None, self.dense())
             macs = self.macs_per_pixel // self.conv.groups * self.out_hw[0] * self.out_hw[1]
         else:
             outs = changed.idx

@@ -8,11 +8,26 @@ storage viewed as NCHW (`Slot.nchw`) is a channels-last tensor, so a dense op ru
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
+
+
+@contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """torch's thread count set to ``n`` within the block (None: left alone)."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def to_rows(x: Tensor) -> Tensor:

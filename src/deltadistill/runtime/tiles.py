@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +38,7 @@ from ..core.students import SparseStudent
 from ..stream import EveryK, KeyframePolicy
 from ..teachers.graph import GraphModule
 from .tile_conv import TileConv, conv_pads
-from .tile_maps import Changed, Slot, rows_view, to_rows
+from .tile_maps import Changed, Slot, rows_view, threads, to_rows
 from .tile_ops import PIXELWISE, Alias, Dense, Fused, Gathered, Pixelwise, max_pool, resize
 
 
@@ -105,12 +104,14 @@ class TileStream:
 
     def __init__(self, model: nn.Module, keyframe: KeyframePolicy | int = 8, *, threshold_scale: float = 1.0,
                  dense_level: float = 0.5, tile: int = 1, warn: bool = True, reference: str = "last",
-                 delta_threads: int | None = 1, keyframe_engine: str = "torch") -> None:
+                 delta_threads: int | None = 1, matmul_threads: int | None = None,
+                 keyframe_engine: str = "torch") -> None:
         if reference not in ("last", "keyframe"):
             raise TileError(f"reference must be 'last' or 'keyframe', got {reference!r}")
         if keyframe_engine not in ("torch", "openvino"):
             raise TileError(f"keyframe_engine must be 'torch' or 'openvino', got {keyframe_engine!r}")
         self.reference, self.delta_threads, self.keyframe_engine = reference, delta_threads, keyframe_engine
+        self.matmul_threads = matmul_threads
         self._ov: Any = None
         graph = find_graph(model)
         if graph is None:
@@ -156,7 +157,7 @@ class TileStream:
                 s.changed, s.dirty = None, False
             self.env[g._input_slots[0]].value = to_rows(x)
             self._ov.run(x, self.env)
-            with _threads(self.delta_threads):  # the handlers' copies: small regions, as in a delta frame
+            with threads(self.delta_threads):  # the handlers' copies: small regions, as in a delta frame
                 for h in self.handlers:
                     h.key(self.env)
             return
@@ -275,6 +276,7 @@ class TileStream:
                 return None, "padding it cannot read"
             h = TileConv(mod, rule.conv, ins, outs, pads, src.hw, out.hw, rule.threshold * self.threshold_scale,
                          rule.weights, self.dense_level, self.tile, self.reference)
+            h.mm_threads = self.matmul_threads
             if rule.conv.groups != 1:
                 return h, ""  # grouped: the rule holds, the kernel is the dense one (TileConv.delta)
             h.key(env)
@@ -308,7 +310,7 @@ class TileStream:
     # ------------------------------------------------------------------ delta frame
     @torch.no_grad()
     def _delta(self, x: Tensor) -> None:
-        with _threads(self.delta_threads):
+        with threads(self.delta_threads):
             self._delta_steps(x)
 
     def _delta_steps(self, x: Tensor) -> None:
@@ -365,18 +367,6 @@ class TileStream:
         self.last_key = key
         self.step += 1
         return self.outputs()
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """torch's thread count set to ``n`` within the block (None: left alone)."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _dense_macs(conv: nn.Module, x: Any, out: Any) -> int:
