@@ -111,15 +111,18 @@ def sparse_model(graph: OnnxGraphModule, threshold: float) -> OnnxGraphModule:
     return dd.deploy(model) or model
 
 
-def test_exact_at_threshold_zero() -> None:
+@pytest.mark.parametrize("box", [0.0, 4.0])
+def test_exact_at_threshold_zero(box: float) -> None:
     """Catches any handler computing the wrong pixels or the wrong values (a halo too narrow for a
     dilated conv, a ceil-mode pool's last window, a resize's taps, an edge, a concat's channel
-    offset): with thresholds 0 every frame must equal the teacher, while computing only part of it."""
+    offset, a bounding box off by its stride or padding): with thresholds 0 every frame must equal
+    the teacher, while computing only part of it."""
     graph = isnet_like()
     frames = clip()
     for model in (graph, sparse_model(isnet_like(), 0.0)):
-        stream = TileStream(model, keyframe=100)
+        stream = TileStream(model, keyframe=100, box=box)
         costs = []
+        boxes = 0
         for f in frames:
             got = stream(f)
             with torch.no_grad():
@@ -127,6 +130,8 @@ def test_exact_at_threshold_zero() -> None:
             for a, b in zip(got, want, strict=True):
                 assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
             costs.append(stream.last_cost)
+            boxes += sum(getattr(h, "last_box", False) for h in stream.handlers)
+        assert (boxes > 0) == (box > 0), boxes  # the box kernel ran where asked, and only there
         assert not stream.fallbacks
         assert any(isinstance(h, Alias) for h in stream.handlers) and any(isinstance(h, Fused) for h in stream.handlers)
         assert any(getattr(h, "parts", None) for h in stream.handlers)  # a concat read through by its conv

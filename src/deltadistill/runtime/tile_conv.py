@@ -8,7 +8,9 @@ The conv keeps ``X``, the input it last computed from, zero-padded and as rows. 
 2. ``X`` takes the active pixels' new values;
 3. the outputs whose window holds an active pixel (stride, dilation and padding respected) are
    recomputed from ``X``: gathered 3x3 patches (im2col) and one matmul, in chunks that fit the cache;
-   or the stock dense conv on ``X`` when their share passes ``dense_level``.
+   or, when they fill at least ``1 / box`` of their bounding box, the stock conv over that box (no
+   gather: the box's extra outputs are rewritten with the values they already hold, as ``X`` did not
+   move there); or the stock dense conv on ``X`` when their share passes ``dense_level``.
 
 Recomputing from ``X`` rather than adding deltas means nothing accumulates: an output is always the
 conv of a stored input, and a keyframe refills both.
@@ -82,6 +84,9 @@ class TileConv:
         self.relu = False
         #: threads for large gathered matmuls (None: the delta frame's)
         self.mm_threads: int | None = None
+        #: the stock conv over the reached outputs' bounding box when it is at most ``box`` times their count
+        self.box = 0.0
+        self.weight_cl = conv.weight.detach().contiguous(memory_format=torch.channels_last)
         #: the slots of a fused concat's inputs (channels in order), read instead of ``src``
         self.parts: tuple[int, ...] | None = None
         self.src, self.dst = ins[0], outs[0]
@@ -112,6 +117,7 @@ class TileConv:
                             in_hw, out_hw)
         #: what the last delta frame did: active input pixels, computed outputs, and whether densely
         self.last: tuple[int, int, bool] = (0, 0, False)
+        self.last_box = False  # whether the last delta frame ran the stock conv over a bounding box
 
     # ------------------------------------------------------------------ keyframe
     def key(self, env: list[Slot]) -> None:
@@ -213,6 +219,31 @@ class TileConv:
             self._gather_mm(outs, res, cin, k)
         return res
 
+    def boxed(self, outs: Tensor, dst: Slot) -> int | None:
+        """The conv over the bounding box of output pixels ``outs`` (ascending), written into ``dst``
+        (its MACs); None when the box is more than ``box`` times their count."""
+        assert self.x is not None
+        ho, wo = self.out_hw
+        y0, y1 = int(outs[0]) // wo, int(outs[-1]) // wo + 1
+        if (y1 - y0) * wo > self.box * outs.numel():  # cheap first test: the full-width band
+            xs = outs % wo
+            x0, x1 = int(xs.min()), int(xs.max()) + 1
+        else:
+            x0, x1 = 0, wo
+        area = (y1 - y0) * (x1 - x0)
+        if area > self.box * outs.numel():
+            return None
+        c = self.conv
+        (kh, kw), (sh, sw), (dh, dw) = c.kernel_size, c.stride, c.dilation
+        xin = rows_view(self.x, self.padded_hw)[:, :, y0 * sh:(y1 - 1) * sh + (kh - 1) * dh + 1,
+                                                x0 * sw:(x1 - 1) * sw + (kw - 1) * dw + 1]
+        with threads(self.mm_threads if area * self.matrix.numel() >= PARALLEL_MACS else None):
+            out = F.conv2d(xin, self.weight_cl, self.bias, c.stride, 0, c.dilation)
+        if self.relu:
+            out = out.relu_()
+        rows_view(dst.value, self.out_hw)[:, :, y0:y1, x0:x1].copy_(out)
+        return area * self.macs_per_pixel
+
     def _gather_mm(self, outs: Tensor, res: Tensor, cin: int, k: int) -> None:
         assert self.x is not None
         for s in range(0, outs.numel(), self.chunk):
@@ -228,7 +259,7 @@ class TileConv:
         """Run on a delta frame; returns the MACs computed."""
         dst = env[self.dst]
         dst.changed = None
-        self.last = (0, 0, False)
+        self.last, self.last_box = (0, 0, False), False
         changed_in = self.changed(env)
         if changed_in is None:
             return 0
@@ -244,8 +275,13 @@ class TileConv:
             macs = self.macs_per_pixel // self.conv.groups * self.out_hw[0] * self.out_hw[1]
         else:
             outs = changed.idx
-            self._write(dst, outs, self.gathered(outs))
-            macs = self.macs_per_pixel * n
+            boxed = self.boxed(outs, dst) if self.box > 0 else None
+            self.last_box = boxed is not None
+            if boxed is not None:
+                macs = boxed
+            else:
+                self._write(dst, outs, self.gathered(outs))
+                macs = self.macs_per_pixel * n
         dst.changed = changed
         self.last = (int(act.numel()), n, dense)
         return macs

@@ -104,14 +104,14 @@ class TileStream:
 
     def __init__(self, model: nn.Module, keyframe: KeyframePolicy | int = 8, *, threshold_scale: float = 1.0,
                  dense_level: float = 0.5, tile: int = 1, warn: bool = True, reference: str = "last",
-                 delta_threads: int | None = 1, matmul_threads: int | None = None,
+                 delta_threads: int | None = 1, matmul_threads: int | None = None, box: float = 0.0,
                  keyframe_engine: str = "torch") -> None:
         if reference not in ("last", "keyframe"):
             raise TileError(f"reference must be 'last' or 'keyframe', got {reference!r}")
         if keyframe_engine not in ("torch", "openvino"):
             raise TileError(f"keyframe_engine must be 'torch' or 'openvino', got {keyframe_engine!r}")
         self.reference, self.delta_threads, self.keyframe_engine = reference, delta_threads, keyframe_engine
-        self.matmul_threads = matmul_threads
+        self.matmul_threads, self.box = matmul_threads, box
         self._ov: Any = None
         graph = find_graph(model)
         if graph is None:
@@ -276,7 +276,7 @@ class TileStream:
                 return None, "padding it cannot read"
             h = TileConv(mod, rule.conv, ins, outs, pads, src.hw, out.hw, rule.threshold * self.threshold_scale,
                          rule.weights, self.dense_level, self.tile, self.reference)
-            h.mm_threads = self.matmul_threads
+            h.mm_threads, h.box = self.matmul_threads, self.box
             if rule.conv.groups != 1:
                 return h, ""  # grouped: the rule holds, the kernel is the dense one (TileConv.delta)
             h.key(env)
