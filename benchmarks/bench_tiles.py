@@ -246,7 +246,7 @@ def figure(args: argparse.Namespace) -> dict:
             other = [ms.get(f"{s}/other", 0.0) for s in strides]
             ax.bar(xs, conv, width, label=f"{name}: convs")
             ax.bar(xs, other, width, bottom=conv, label=f"{name}: other ops", alpha=0.5)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(strides))], [str(s) for s in strides])
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(strides))], [str(s) if s else "no map" for s in strides])
         ax.set_xlabel("stride of the output map")
         ax.set_ylabel("ms per delta frame (mean)")
         load = run["load_avg_1min"]
