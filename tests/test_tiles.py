@@ -323,3 +323,20 @@ def test_op_it_cannot_tile_runs_dense_with_one_warning(extra: str) -> None:
     named = [w for w in seen if name in str(w.message)]
     assert len(named) == 1, [str(w.message) for w in seen]
     assert [op for _, op, _, _ in stream.fallbacks] == [name]
+
+
+def test_thread_count_is_restored() -> None:
+    """Catches ``delta_threads`` leaking into the caller: after keyframes and delta frames (and one that
+    raises), torch runs at the caller's thread count again, so the caller's own work is not slowed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        stream = TileStream(sparse_model(isnet_like(), 0.02), keyframe=3, delta_threads=1)
+        for f in clip(5):
+            stream(f)
+            assert torch.get_num_threads() == 2
+        with pytest.raises(Exception):  # noqa: B017 - any error inside a delta frame
+            stream._delta(torch.zeros(1, 3, H + 1, W))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
