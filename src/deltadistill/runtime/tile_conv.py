@@ -113,6 +113,7 @@ class TileConv:
         self.chunk = max(16, CHUNK_BYTES // (4 * self.matrix.shape[0]))
         self.x: Tensor | None = None  # the committed input, padded, as rows
         self.x_key: Tensor | None = None  # the keyframe's input, as rows (reference="keyframe")
+        self.on = torch.zeros(0, dtype=torch.bool)  # (reference="keyframe", set by key())
         self._reach = Reach(window_reads(h, out_hw[0], kh, sh, dh, t), window_reads(w, out_hw[1], kw, sw, dw, left),
                             in_hw, out_hw)
         #: what the last delta frame did: active input pixels, computed outputs, and whether densely
@@ -131,6 +132,8 @@ class TileConv:
         self.x = to_rows(F.pad(nchw, (left, r, t, b))) if any(self.pads) else rows.clone()
         if self.reference == "keyframe":
             self.x_key = rows.clone() if self.parts is None else rows
+            #: per input pixel, whether X holds its current value (it passed the threshold) or the keyframe's
+            self.on = torch.zeros(self.in_hw[0] * self.in_hw[1], dtype=torch.bool)
 
     def changed(self, env: list[Slot]) -> Changed | None:
         """The input pixels rewritten this frame."""
@@ -183,13 +186,21 @@ class TileConv:
         new, key = self.current(env, idx), self.x_key.index_select(0, idx)
         diff = (new - key).abs_()
         score = diff @ self.weights if self.weights is not None else diff.mean(1)
-        target = torch.where((score > self.threshold)[:, None], new, key)
-        moved = (target != self.x.index_select(0, rows)).any(1)
-        act = idx[moved]
-        if act.numel() == 0:
+        on = score > self.threshold
+        # X moves where a pixel turns on (X held the keyframe's value, which this one differs from) or
+        # off (X held a value past the threshold, now the keyframe's); where it stays on, where the value
+        # itself moved: only those pixels need X read and compared
+        was = self.on.index_select(0, idx)
+        moved = on ^ was
+        both = (on & was).nonzero().view(-1)
+        if both.numel():
+            moved[both] = (new.index_select(0, both) != self.x.index_select(0, rows[both])).any(1)
+        self.on[idx] = on
+        m = moved.nonzero().view(-1)
+        if m.numel() == 0:
             return None
-        self.x.index_copy_(0, rows[moved], target[moved])
-        return act
+        self.x.index_copy_(0, rows[m], torch.where(on[m, None], new.index_select(0, m), key.index_select(0, m)))
+        return idx[m]
 
     def reach(self, act: Tensor) -> Changed:
         """Output pixels whose window holds an active input pixel (rounded up to whole tiles)."""
