@@ -109,6 +109,10 @@ def _variant(spec: str) -> tuple[str, dict]:
     kw: dict = {}
     for item in filter(None, rest.split(",")):
         k, v = item.split(":")
+        if k == "deep_scale":  # deep_scale:8/0.25
+            stride, scale = v.split("/")
+            kw[k] = (int(stride), float(scale))
+            continue
         kw[k] = v if k in ("reference", "keyframe_engine") else (None if v == "none" else float(v) if "." in v else int(v))
     return name, kw
 

@@ -340,3 +340,14 @@ def test_thread_count_is_restored() -> None:
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_deep_scale_scales_only_the_deep_convs() -> None:
+    """Catches ``deep_scale`` ignored, applied to every conv, or to the wrong side of its stride: with
+    (2, 0.5), convs whose output is at stride 2 or coarser get half the threshold, those at full size
+    keep it."""
+    model = sparse_model(isnet_like(), 0.02)
+    stream = TileStream(model, keyframe=4, deep_scale=(2, 0.5))
+    stream(clip(1)[0])
+    got = {(h.out_hw[0] < H, round(h.threshold, 6)) for h in stream.handlers if hasattr(h, "threshold")}
+    assert got == {(False, 0.02), (True, 0.01)}, got

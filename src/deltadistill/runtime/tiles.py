@@ -99,19 +99,26 @@ class TileStream:
     ``"keyframe"`` (the sparse student's rule, against the keyframe's input: the same outputs as the
     model under `DeltaStream`). ``delta_threads``: torch threads during a delta frame (the keyframe keeps
     the caller's); its ops are small, and on a shared host a 2-thread region waits for a descheduled
-    thread at every barrier (None: the caller's).
+    thread at every barrier (None: the caller's). ``matmul_threads``: threads for a conv's large gathered
+    matmuls and dense fallbacks (`tile_conv.PARALLEL_MACS`; None: ``delta_threads``). ``box``: a conv
+    whose reached outputs fill at least ``1 / box`` of their bounding box runs the stock conv over the
+    box (0: never). ``deep_scale``: ``(stride, scale)``, a further multiplier on the thresholds of convs
+    whose output map is at that stride of the frame or coarser: accuracy bought where MACs are cheap in
+    time (the deep maps are small; `benchmarks/tiles_layers.png`). ``keyframe_engine``: ``"torch"``, or
+    ``"openvino"`` (`tile_key`: the teacher with every map the delta frames read as an output; the first
+    keyframe still runs in torch, to build the handlers).
     """
 
     def __init__(self, model: nn.Module, keyframe: KeyframePolicy | int = 8, *, threshold_scale: float = 1.0,
                  dense_level: float = 0.5, tile: int = 1, warn: bool = True, reference: str = "last",
                  delta_threads: int | None = 1, matmul_threads: int | None = None, box: float = 0.0,
-                 keyframe_engine: str = "torch") -> None:
+                 deep_scale: tuple[int, float] | None = None, keyframe_engine: str = "torch") -> None:
         if reference not in ("last", "keyframe"):
             raise TileError(f"reference must be 'last' or 'keyframe', got {reference!r}")
         if keyframe_engine not in ("torch", "openvino"):
             raise TileError(f"keyframe_engine must be 'torch' or 'openvino', got {keyframe_engine!r}")
         self.reference, self.delta_threads, self.keyframe_engine = reference, delta_threads, keyframe_engine
-        self.matmul_threads, self.box = matmul_threads, box
+        self.matmul_threads, self.box, self.deep_scale = matmul_threads, box, deep_scale
         self._ov: Any = None
         graph = find_graph(model)
         if graph is None:
@@ -274,7 +281,11 @@ class TileStream:
             pads = conv_pads(rule.conv, attrs, src.hw)
             if pads is None:
                 return None, "padding it cannot read"
-            h = TileConv(mod, rule.conv, ins, outs, pads, src.hw, out.hw, rule.threshold * self.threshold_scale,
+            scale = self.threshold_scale
+            frame = env[self.graph._input_slots[0]].hw
+            if self.deep_scale is not None and frame is not None and round(frame[0] / out.hw[0]) >= self.deep_scale[0]:
+                scale *= self.deep_scale[1]
+            h = TileConv(mod, rule.conv, ins, outs, pads, src.hw, out.hw, rule.threshold * scale,
                          rule.weights, self.dense_level, self.tile, self.reference)
             h.mm_threads, h.box = self.matmul_threads, self.box
             if rule.conv.groups != 1:
