@@ -14,6 +14,8 @@ against the teacher, and the rival (the keyframe's output repeated).
 
     python benchmarks/bench_tiles.py micro --openvino
     python benchmarks/bench_tiles.py stream --level 0.1 --frames 41 --json benchmarks/tiles_static_l010.json
+    python benchmarks/bench_tiles.py stream --level 0.25 --variant last=reference:last key=reference:keyframe
+    python benchmarks/bench_tiles.py figure benchmarks/tiles_*.json   # tiles_layers.png
 """
 
 from __future__ import annotations
@@ -101,10 +103,35 @@ def _miou(a: torch.Tensor, b: torch.Tensor) -> float:
     return sum(out) / 2
 
 
+def _variant(spec: str) -> tuple[str, dict]:
+    """``name=key:value,key:value`` -> (name, TileStream keyword arguments)."""
+    name, _, rest = spec.partition("=")
+    kw: dict = {}
+    for item in filter(None, rest.split(",")):
+        k, v = item.split(":")
+        if k == "deep_scale":  # deep_scale:8/0.25
+            stride, scale = v.split("/")
+            kw[k] = (int(stride), float(scale))
+            continue
+        kw[k] = v if k in ("reference", "keyframe_engine") else (None if v == "none" else float(v) if "." in v else int(v))
+    return name, kw
+
+
+def _stride(h, full: int) -> int:
+    hw = getattr(h, "out_hw", None) or getattr(h, "hw", None)
+    return full // hw[0] if hw else 0
+
+
 def stream(args: argparse.Namespace) -> dict:
+    """Every variant and OpenVINO's dense teacher on each frame in turn (interleaved), so that the host's
+    load hits them alike; per frame wall and CPU time, the MACs computed, mIoU against OpenVINO."""
+    import os
+    import subprocess
+
     from deltadistill.apps.bench import sparse_model
+    from deltadistill.measure import margin_needed
     from deltadistill.runtime.fastest import dense_runner
-    from deltadistill.runtime.tiles import TileStream
+    from deltadistill.runtime.tiles import TileConv, TileStream
     from deltadistill.video import VideoClips, default_videos, iter_frames
 
     size = (384, 512)
@@ -115,53 +142,125 @@ def stream(args: argparse.Namespace) -> dict:
     model = sparse_model(teacher, clips, args.level, clips=args.clips) if args.level > 0 else teacher
     ov = dense_runner(teacher, "openvino", size, threads=args.threads)
     frames = [teacher.preprocess(f) for f in iter_frames(vids["static-hands"], size=size, stop=args.frames)]
-    ts = TileStream(model, keyframe=args.k, dense_level=args.dense_level, tile=args.tile,
-                    threshold_scale=args.threshold_scale)
-    ts(frames[0])  # builds the handlers (probes, checks): not a frame's cost
-    ts.reset()
-    per = []
+    base = {"dense_level": args.dense_level, "tile": args.tile, "threshold_scale": args.threshold_scale,
+            "reference": args.reference, "keyframe_engine": args.keyframe_engine, "delta_threads": args.delta_threads}
+    variants = dict(_variant(v) for v in args.variant) if args.variant else {"tiles": {}}
+    streams = {}
+    for name, kw in variants.items():
+        ts = TileStream(model, keyframe=args.k, warn=False, **{**base, **kw})
+        for _ in range(2):  # builds the handlers (probes, checks, the OpenVINO export), then warms the
+            ts(frames[0])   # OpenVINO keyframe's first run (kernel set-up): not a frame's cost
+            ts.reset()
+        streams[name] = ts
+    ov(frames[0])  # the dense teacher's first run, likewise
+    load = [os.getloadavg()[0]]
+    per: list[dict] = []
     key_out = None
+    by_stride: dict[str, dict[str, list[float]]] = {n: {} for n in streams}
     for i, x in enumerate(frames):
         t0 = time.perf_counter()
         ref = ov(x)
-        t1 = time.perf_counter()
-        got = ts(x)
-        t2 = time.perf_counter()
+        ov_ms = (time.perf_counter() - t0) * 1e3
         ref = ref[0] if isinstance(ref, (tuple, list)) else ref
-        if ts.last_key:
-            key_out = got
-        per.append({"frame": i, "key": ts.last_key, "ov_ms": (t1 - t0) * 1e3, "tile_ms": (t2 - t1) * 1e3,
-                    "cost": ts.last_cost, "split_ms": dict(ts.last_ms), "miou": _miou(got, ref),
-                    "rival_miou": _miou(key_out, ref), "max_err": float((got - ref).abs().max())})
-        p = per[-1]
-        print(f"{i:3d} {'K' if p['key'] else ' '} ov {p['ov_ms']:7.1f} ms  tile {p['tile_ms']:7.1f} ms  "
-              f"cost {p['cost']:.3f}  mIoU {p['miou']:.4f} (rival {p['rival_miou']:.4f})", flush=True)
+        row: dict = {"frame": i, "ov_ms": ov_ms, "v": {}}
+        for name, ts in streams.items():
+            t1, c1 = time.perf_counter(), time.process_time()
+            got = ts(x)
+            t2, c2 = time.perf_counter(), time.process_time()
+            if ts.last_key:
+                key_out = got
+            row["key"] = ts.last_key
+            row["v"][name] = {"ms": (t2 - t1) * 1e3, "cpu_ms": (c2 - c1) * 1e3, "cost": ts.last_cost,
+                              "miou": _miou(got, ref), "max_err": float((got - ref).abs().max())}
+            if not ts.last_key:
+                acc: dict[str, float] = {}
+                for h, ms in zip(ts.handlers, ts.last_step_ms, strict=True):
+                    kind = "conv" if isinstance(h, TileConv) else "other"
+                    k = f"{_stride(h, size[0])}/{kind}"
+                    acc[k] = acc.get(k, 0.0) + ms
+                for k, v in acc.items():
+                    by_stride[name].setdefault(k, []).append(v)
+        row["rival_miou"] = _miou(key_out, ref)
+        per.append(row)
+        load.append(os.getloadavg()[0])
+        print(f"{i:3d} {'K' if row['key'] else ' '} ov {ov_ms:7.1f} ms  " + "  ".join(
+            f"{n} {v['ms']:7.1f} ms cost {v['cost']:.3f} mIoU {v['miou']:.4f}" for n, v in row["v"].items())
+            + f"  (rival {row['rival_miou']:.4f})", flush=True)
     ov_ms = statistics.median(p["ov_ms"] for p in per)
-    tile = [p["tile_ms"] for p in per]
-    amortised = sum(tile) / len(tile)
-    delta = [p for p in per if not p["key"]]
-    share = sum(p["cost"] for p in per) / len(per)
-    # conv time per layer on delta frames would need per-handler timing; the split gives conv vs the rest
+    rival = statistics.mean(p["rival_miou"] for p in per)
+    out: dict = {}
+    for name in streams:
+        v = [p["v"][name] for p in per]
+        delta = [(p["ov_ms"], q) for p, q in zip(per, v, strict=True) if not p["key"]]
+        keys = [(p["ov_ms"], q) for p, q in zip(per, v, strict=True) if p["key"]]
+        amortised = statistics.mean(q["ms"] for q in v)
+        miou = statistics.mean(q["miou"] for q in v)
+        ratio = sorted(q["ms"] / o for o, q in delta)
+        key_ratio = sorted(q["ms"] / o for o, q in keys)
+        out[name] = {
+            "settings": {**base, **variants[name]},
+            "speedup_vs_fastest_dense": ov_ms / amortised, "tile_ms_amortised": amortised,
+            # per frame ratios to OpenVINO's run just before it: robust to the load drifting over the run
+            "speedup_per_frame_ratio": 1 / ((sum(key_ratio) + sum(ratio)) / (len(ratio) + len(key_ratio))),
+            "delta_vs_ov": {"min": ratio[0], "median": statistics.median(ratio), "max": ratio[-1]},
+            "key_vs_ov": {"min": key_ratio[0], "median": statistics.median(key_ratio), "max": key_ratio[-1]},
+            "delta_cpu_ms_median": statistics.median(q["cpu_ms"] for _, q in delta),
+            "latency_ms": {"p95": float(np.percentile([q["ms"] for q in v], 95)), "worst": max(q["ms"] for q in v)},
+            "delta_cost_mean": statistics.mean(q["cost"] for _, q in delta),
+            "mac_ratio_amortised": 1 / statistics.mean(q["cost"] for q in v),
+            "miou": miou, "beats_rival": miou >= rival + margin_needed(rival) - 1e-12,
+            "delta_ms_by_stride": {k: statistics.mean(x) for k, x in sorted(by_stride[name].items())},
+        }
     res = {
-        "command": "python benchmarks/bench_tiles.py stream " + " ".join(f"--{k.replace('_', '-')} {v}"
-                                                                        for k, v in vars(args).items()
-                                                                        if k not in ("cmd", "json")),
-        "date": time.strftime("%Y-%m-%d"), "machine": "2 shared CPU cores (load avg ~5-8 from other jobs)",
+        "command": "python benchmarks/bench_tiles.py stream " + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()
+            if k not in ("cmd", "json") and v is not None),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | cut -d: -f2"], capture_output=True,
+                                  text=True).stdout.strip() + f", {os.cpu_count()} cores shared with other jobs",
+        "load_avg_1min": {"min": min(load), "median": statistics.median(load), "max": max(load)},
         "teacher": "isnet 384x512", "level": args.level, "k": args.k, "frames": len(per),
         "fastest_dense_ms": ov_ms, "fastest_dense": "openvino f32, 2 threads, 384x512 (content size)",
-        "tile_ms_amortised": amortised, "speedup_vs_fastest_dense": ov_ms / amortised,
-        "tile_delta_ms_median": statistics.median(p["tile_ms"] for p in delta),
-        "tile_key_ms_median": statistics.median(p["tile_ms"] for p in per if p["key"]),
-        "latency_ms": {"p95": float(np.percentile(tile, 95)), "worst": max(tile)},
         "ov_ms_spread": [min(p["ov_ms"] for p in per), max(p["ov_ms"] for p in per)],
-        "mac_ratio_amortised": 1 / share, "delta_cost_mean": sum(p["cost"] for p in delta) / len(delta),
-        "miou": statistics.mean(p["miou"] for p in per), "rival_same_k_miou": statistics.mean(p["rival_miou"] for p in per),
-        "split_ms_delta_median": {k: statistics.median(p["split_ms"].get(k, 0.0) for p in delta) for k in ("conv", "other")},
-        "layers_last_delta": {k: list(v) for k, v in ts.last_layers.items()},
-        "frames_detail": per,
+        "rival_same_k_miou": rival, "margin_needed": margin_needed(rival),
+        "variants": out, "frames_detail": per,
     }
-    print(json.dumps({k: v for k, v in res.items() if k not in ("frames_detail", "layers_last_delta")}, indent=1))
+    print(json.dumps({k: v for k, v in res.items() if k != "frames_detail"}, indent=1))
     return res
+
+
+def figure(args: argparse.Namespace) -> dict:
+    """Where a delta frame's time goes: per stride of the output map, ms in convs and in other ops, one
+    panel per stream JSON, each variant's bars side by side; OpenVINO's dense teacher for scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads(Path(f).read_text()) for f in args.files]
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.2), squeeze=False)
+    for ax, run in zip(axes[0], runs, strict=True):
+        names = list(run["variants"])
+        strides = sorted({int(k.split("/")[0]) for v in run["variants"].values() for k in v["delta_ms_by_stride"]})
+        width = 0.8 / len(names)
+        for j, name in enumerate(names):
+            ms = run["variants"][name]["delta_ms_by_stride"]
+            xs = [i + j * width for i in range(len(strides))]
+            conv = [ms.get(f"{s}/conv", 0.0) for s in strides]
+            other = [ms.get(f"{s}/other", 0.0) for s in strides]
+            ax.bar(xs, conv, width, label=f"{name}: convs")
+            ax.bar(xs, other, width, bottom=conv, label=f"{name}: other ops", alpha=0.5)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(strides))], [str(s) if s else "no map" for s in strides])
+        ax.set_xlabel("stride of the output map")
+        ax.set_ylabel("ms per delta frame (mean)")
+        load = run["load_avg_1min"]
+        ax.set_title(f"level {run['level']}, K={run['k']}: OpenVINO dense {run['fastest_dense_ms']:.0f} ms\n"
+                     f"{run['date']}, load avg {load['min']:.1f}-{load['max']:.1f} on 2 cores", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+    return {}
 
 
 def main() -> None:
@@ -181,9 +280,20 @@ def main() -> None:
     s.add_argument("--dense-level", type=float, default=0.5)
     s.add_argument("--tile", type=int, default=1)
     s.add_argument("--threshold-scale", type=float, default=1.0)
+    s.add_argument("--reference", choices=["last", "keyframe"], default="last")
+    s.add_argument("--keyframe-engine", choices=["torch", "openvino"], default="openvino")
+    s.add_argument("--delta-threads", type=int, default=1)
+    s.add_argument("--variant", nargs="*", help="name=key:value,... (TileStream arguments over the flags'), "
+                   "each run on every frame, interleaved")
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--json", type=Path)
+    f = sub.add_parser("figure")
+    f.add_argument("files", nargs="+")
+    f.add_argument("--out", type=Path, default=Path(__file__).parent / "tiles_layers.png")
     args = ap.parse_args()
+    if args.cmd == "figure":
+        figure(args)
+        return
     torch.set_num_threads(args.threads)
     res = micro(args) if args.cmd == "micro" else stream(args)
     if args.json:

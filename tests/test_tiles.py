@@ -1,8 +1,8 @@
 """The tile runtime (`runtime.tiles.TileStream`) on small random ONNX graphs built node by node.
 
 The graphs hold what IS-Net needs: convs with random biases (strided, dilated, 1x1, asymmetric
-pads), ReLU, sigmoid, add, channel concats, max-pool in ceil mode and bilinear resizes, at odd
-map sizes; the clips change some regions (touching all four edges) and leave others alone.
+pads), ReLU (fused into its conv where it is the only reader, a separate step where not), sigmoid,
+add, channel concats, max-pool in ceil mode, bilinear resizes and f32-to-f32 casts, at odd map sizes; the clips change some regions (touching all four edges) and leave others alone.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import deltadistill as dd  # noqa: E402
+from deltadistill.runtime.tile_ops import Alias, Fused  # noqa: E402
 from deltadistill.runtime.tiles import TileStream  # noqa: E402
 from deltadistill.teachers.onnx_graph import OnnxGraphModule  # noqa: E402
 
@@ -79,7 +80,7 @@ def isnet_like(extra: str | None = None) -> OnnxGraphModule:
         r3 = g.op("Mul", [r3, gate])
     c4 = g.conv(r3, 12, 12, relu=False)
     r4 = g.op("Relu", [g.op("Add", [c4, r3])])
-    u1 = g.resize(r4, 12, 18, 22)
+    u1 = g.op("Cast", [g.resize(r4, 12, 18, 22)], to=TensorProto.FLOAT)  # an fp16 file's cast, run in f32
     cat = g.op("Concat", [u1, r2], axis=1)
     r5 = g.conv(cat, 20, 8, k=1)
     u2 = g.resize(r5, 8, H, W)
@@ -110,15 +111,18 @@ def sparse_model(graph: OnnxGraphModule, threshold: float) -> OnnxGraphModule:
     return dd.deploy(model) or model
 
 
-def test_exact_at_threshold_zero() -> None:
+@pytest.mark.parametrize("box", [0.0, 4.0])
+def test_exact_at_threshold_zero(box: float) -> None:
     """Catches any handler computing the wrong pixels or the wrong values (a halo too narrow for a
     dilated conv, a ceil-mode pool's last window, a resize's taps, an edge, a concat's channel
-    offset): with thresholds 0 every frame must equal the teacher, while computing only part of it."""
+    offset, a bounding box off by its stride or padding): with thresholds 0 every frame must equal
+    the teacher, while computing only part of it."""
     graph = isnet_like()
     frames = clip()
     for model in (graph, sparse_model(isnet_like(), 0.0)):
-        stream = TileStream(model, keyframe=100)
+        stream = TileStream(model, keyframe=100, box=box)
         costs = []
+        boxes = 0
         for f in frames:
             got = stream(f)
             with torch.no_grad():
@@ -126,7 +130,11 @@ def test_exact_at_threshold_zero() -> None:
             for a, b in zip(got, want, strict=True):
                 assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
             costs.append(stream.last_cost)
+            boxes += sum(getattr(h, "last_box", False) for h in stream.handlers)
+        assert (boxes > 0) == (box > 0), boxes  # the box kernel ran where asked, and only there
         assert not stream.fallbacks
+        assert any(isinstance(h, Alias) for h in stream.handlers) and any(isinstance(h, Fused) for h in stream.handlers)
+        assert any(getattr(h, "parts", None) for h in stream.handlers)  # a concat read through by its conv
         assert 0 < max(costs[1:]) < 0.9, costs  # delta frames computed part of the teacher, not all of it
 
 
@@ -135,17 +143,28 @@ class DenseRule:
     input X; active = pixels whose mean |x - X| over channels passes the threshold; X takes them;
     the conv's output is recomputed, densely, where its window holds an active pixel."""
 
-    def __init__(self, model: OnnxGraphModule) -> None:
-        self.model = model
+    def __init__(self, model: OnnxGraphModule, reference: str = "last") -> None:
+        self.model, self.reference = model, reference
         self.x: dict[str, torch.Tensor] = {}
+        self.x_key: dict[str, torch.Tensor] = {}
         self.out: dict[str, torch.Tensor] = {}
         self.computed: dict[str, int] = {}
 
     def conv_step(self, name: str, run, layer, x: torch.Tensor, key: bool) -> torch.Tensor:
         conv, thr = layer.base, float(layer.student.threshold)
         if key:
-            self.x[name] = x.clone()
+            self.x[name], self.x_key[name] = x.clone(), x.clone()
             self.out[name] = run(conv, x)
+            return self.out[name]
+        if self.reference == "keyframe":  # the student's rule: X = x_k, with x where it moved past thr from x_k
+            on = (x - self.x_key[name]).abs().mean(1, keepdim=True) > thr
+            new_x = torch.where(on, x, self.x_key[name])
+            active = (new_x != self.x[name]).any(1, keepdim=True).float()  # what changed since the last frame
+            self.x[name] = new_x
+            new = run(conv, new_x)
+            reach = run_reach(run, conv, active) > 0
+            self.computed[name] = int(reach.sum()) if active.any() else 0
+            self.out[name] = torch.where(reach, new, self.out[name])
             return self.out[name]
         active = ((x - self.x[name]).abs().mean(1, keepdim=True) > thr).float()
         self.x[name] = torch.where(active > 0, x, self.x[name])
@@ -225,13 +244,65 @@ def test_no_drift_under_slow_creep() -> None:
         errs.append(max(float((a - b).abs().max()) for a, b in zip(got, want, strict=True)))
         for h in stream.handlers:  # every conv's stored input is within its threshold of its real input
             if hasattr(h, "threshold") and h.x is not None:
-                real = stream.env[h.src].value
+                real = h.current(stream.env)
                 stored = h.x.index_select(0, h.pad_of)
                 assert float((real - stored).abs().mean(1).max()) <= h.threshold + 1e-6
     assert errs[250] < 1e-5
     early, late = max(errs[20:100]), max(errs[150:250])
     assert late <= 1.5 * early + 1e-4, (early, late)
     assert max(errs[270:350]) <= 1.5 * early + 1e-4
+
+
+def test_keyframe_reference_is_the_sparse_students_rule() -> None:
+    """Catches ``reference="keyframe"`` testing against the wrong value (the last used input, or the
+    previous frame) or recomputing the wrong outputs: per conv and frame, the outputs computed equal
+    a dense reference's applying the student's rule (those reached by input pixels whose entry of
+    X = x_k + mask (x - x_k) changed since the last frame), the outputs equal the model's own under
+    `DeltaStream` (`SparseStudent`), and differ from the CBinfer rule's."""
+    model = sparse_model(isnet_like(), 0.02)
+    ref = DenseRule(model, reference="keyframe")
+    stream = TileStream(model, keyframe=5, reference="keyframe")
+    last = TileStream(model, keyframe=5)
+    student = dd.DeltaStream(model, keyframe=5)
+    apart = 0.0
+    for i, f in enumerate(clip(10)):
+        want = ref(f, key=i % 5 == 0)
+        got = stream(f)
+        other = last(f)
+        with torch.no_grad():
+            theirs = student(f)
+        for a, b, c, d in zip(got, want, theirs, other, strict=True):
+            assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+            assert torch.allclose(a, c, atol=1e-4), float((a - c).abs().max())
+            apart = max(apart, float((a - d).abs().max()))
+        if i % 5:
+            for name, n in ref.computed.items():
+                assert stream.last_layers[name][1] == n, (i, name, stream.last_layers[name], n)
+    assert apart > 1e-3, "the keyframe reference gave the CBinfer rule's outputs"
+
+
+def test_openvino_keyframe_maps_equal_torch(tmp_path, monkeypatch) -> None:
+    """Catches an OpenVINO keyframe that leaves a map the delta frames read stale (a slot missing from
+    the export), writes one in the wrong layout, or runs at reduced precision: after every keyframe,
+    each kept map and each conv's stored input equals the torch keyframe's to 1e-4, and so does
+    every output of the delta frames after it."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("DELTADISTILL_CACHE", str(tmp_path / "teachers"))
+    model = sparse_model(isnet_like(), 0.02)
+    ov = TileStream(model, keyframe=3, keyframe_engine="openvino")
+    pt = TileStream(model, keyframe=3)
+    for i, f in enumerate(clip(8)):
+        got, want = ov(f), pt(f)
+        for a, b in zip(got, want, strict=True):
+            assert torch.allclose(a, b, atol=1e-4), (i, float((a - b).abs().max()))
+        if i % 3 == 0:
+            for s in ov.keyframe_slots([ov.env[j].nchw for j in range(len(ov.env))]):
+                a, b = ov.env[s].value, pt.env[s].value
+                assert torch.allclose(a, b, atol=1e-4), (i, s, float((a - b).abs().max()))
+            for h, k in zip(ov.handlers, pt.handlers, strict=True):
+                if hasattr(h, "x") and h.x is not None:
+                    assert torch.allclose(h.x, k.x, atol=1e-4)
+    assert ov._ov is not None and len(list((tmp_path / "exports").glob("tilekey-*.xml"))) == 1
 
 
 @pytest.mark.parametrize("extra", ["AveragePool", "SE"])
@@ -252,3 +323,31 @@ def test_op_it_cannot_tile_runs_dense_with_one_warning(extra: str) -> None:
     named = [w for w in seen if name in str(w.message)]
     assert len(named) == 1, [str(w.message) for w in seen]
     assert [op for _, op, _, _ in stream.fallbacks] == [name]
+
+
+def test_thread_count_is_restored() -> None:
+    """Catches ``delta_threads`` leaking into the caller: after keyframes and delta frames (and one that
+    raises), torch runs at the caller's thread count again, so the caller's own work is not slowed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        stream = TileStream(sparse_model(isnet_like(), 0.02), keyframe=3, delta_threads=1)
+        for f in clip(5):
+            stream(f)
+            assert torch.get_num_threads() == 2
+        with pytest.raises(Exception):  # noqa: B017 - any error inside a delta frame
+            stream._delta(torch.zeros(1, 3, H + 1, W))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_deep_scale_scales_only_the_deep_convs() -> None:
+    """Catches ``deep_scale`` ignored, applied to every conv, or to the wrong side of its stride: with
+    (2, 0.5), convs whose output is at stride 2 or coarser get half the threshold, those at full size
+    keep it."""
+    model = sparse_model(isnet_like(), 0.02)
+    stream = TileStream(model, keyframe=4, deep_scale=(2, 0.5))
+    stream(clip(1)[0])
+    got = {(h.out_hw[0] < H, round(h.threshold, 6)) for h in stream.handlers if hasattr(h, "threshold")}
+    assert got == {(False, 0.02), (True, 0.01)}, got

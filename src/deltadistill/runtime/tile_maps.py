@@ -8,11 +8,26 @@ storage viewed as NCHW (`Slot.nchw`) is a channels-last tensor, so a dense op ru
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
+
+
+@contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """torch's thread count set to ``n`` within the block (None: left alone)."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def to_rows(x: Tensor) -> Tensor:
@@ -38,10 +53,12 @@ def from_pixels(x: Tensor) -> Tensor:
 
 @dataclass
 class Changed:
-    """Which pixels of a map were rewritten this frame: none, all, or a flat bool mask ``(H * W,)``."""
+    """Which pixels of a map were rewritten this frame: all, or a set held as ascending flat indices
+    (``idx``) or a flat bool mask ``(H * W,)``; each made from the other only when a reader asks, so
+    a chain of convs passes index sets and never touches a whole map."""
 
     hw: tuple[int, int]
-    mask: Tensor | None = None  # None with everything False means nothing changed
+    mask: Tensor | None = None
     everything: bool = False
     _idx: Tensor | None = field(default=None, repr=False)
 
@@ -51,11 +68,10 @@ class Changed:
 
     @classmethod
     def of_idx(cls, hw: tuple[int, int], idx: Tensor) -> Changed | None:
+        """The set of ascending, distinct flat indices ``idx`` (None when empty)."""
         if idx.numel() == 0:
             return None
-        mask = torch.zeros(hw[0] * hw[1], dtype=torch.bool)
-        mask[idx] = True
-        return cls(hw, mask, _idx=idx)
+        return cls(hw, _idx=idx)
 
     @property
     def n(self) -> int:
@@ -75,11 +91,59 @@ class Changed:
     def bool_mask(self) -> Tensor:
         if self.everything:
             return torch.ones(self.hw[0] * self.hw[1], dtype=torch.bool)
-        assert self.mask is not None
+        if self.mask is None:
+            mask = torch.zeros(self.hw[0] * self.hw[1], dtype=torch.bool)
+            mask[self.idx] = True
+            self.mask = mask
         return self.mask
 
     def share(self) -> float:
         return self.n / max(1, self.hw[0] * self.hw[1])
+
+
+def inverse_taps(reads: Tensor) -> Tensor:
+    """Per axis, ``reads`` ``(n_out, n_in)`` bool (output coordinate o reads input coordinate i) turned
+    around: ``(n_in, R)`` output coordinates reading each input coordinate, padded with -1."""
+    n_out, n_in = reads.shape
+    r = max(1, int(reads.sum(0).max()))
+    inv = torch.full((n_in, r), -1, dtype=torch.long)
+    for i in range(n_in):
+        o = reads[:, i].nonzero().view(-1)
+        inv[i, :o.numel()] = o
+    return inv
+
+
+class Reach:
+    """The output pixels that read a set of input pixels, for an op whose reads are separable (a conv's
+    window, a pool's, an interpolation's taps): from the input indices alone, by per-axis tables and
+    one scatter into a scratch mask that is cleared after; the cost follows the set, not the map."""
+
+    def __init__(self, reads_y: Tensor, reads_x: Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+        self.in_hw, self.out_hw = in_hw, out_hw
+        self.inv_y, self.inv_x = inverse_taps(reads_y), inverse_taps(reads_x)
+        self.scratch = torch.zeros(out_hw[0] * out_hw[1], dtype=torch.bool)
+
+    def __call__(self, idx: Tensor) -> Tensor:
+        """Ascending flat output indices read from flat input indices ``idx``."""
+        w = self.in_hw[1]
+        oy, ox = self.inv_y[idx // w], self.inv_x[idx % w]           # (n, Ry), (n, Rx)
+        cand = oy[:, :, None] * self.out_hw[1] + ox[:, None, :]
+        ok = (oy >= 0)[:, :, None] & (ox >= 0)[:, None, :]
+        self.scratch[cand[ok]] = True
+        out = self.scratch.nonzero().view(-1)
+        self.scratch[out] = False
+        return out
+
+
+def window_reads(n_in: int, n_out: int, k: int, stride: int, dilation: int, pad: int) -> Tensor:
+    """``(n_out, n_in)``: output o of a window op reads inputs ``o * stride - pad + j * dilation``."""
+    reads = torch.zeros(n_out, n_in, dtype=torch.bool)
+    for o in range(n_out):
+        for j in range(k):
+            i = o * stride - pad + j * dilation
+            if 0 <= i < n_in:
+                reads[o, i] = True
+    return reads
 
 
 def union(hw: tuple[int, int], sets: list[Changed | None]) -> Changed | None:

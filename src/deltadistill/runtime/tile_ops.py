@@ -11,6 +11,9 @@ maps, and writes them into its own map:
   tabulated once; a max or a weighted sum over the gathered taps.
 * `Dense`: anything else runs whole on the full maps, and its output counts as changed where it
   differs from before. The runtime warns once per such op, naming it.
+* `Alias`: a step that returns its input unchanged (a Cast to the dtype it already has: IS-Net's file
+  is fp16 and runs in f32, leaving 70 such casts): its output is the input's map, at no cost.
+* `Fused`: a step another handler does as part of its own (a ReLU in its conv's write).
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .tile_maps import Changed, Slot, as_pixels, from_pixels, to_rows, union
+from .tile_maps import Changed, Reach, Slot, as_pixels, from_pixels, to_rows, union
 
 #: element-wise op types (ONNX names): an output pixel reads only the same pixel of each input
 PIXELWISE = {
@@ -69,7 +71,7 @@ class Gathered:
     kind = "gathered"
 
     def __init__(self, src: int, dst: int, in_hw: tuple[int, int], out_hw: tuple[int, int], taps: Tensor,
-                 weights: Tensor | None, reach: Callable[[Tensor], Tensor]) -> None:
+                 weights: Tensor | None, reach: Reach) -> None:
         self.src, self.dst, self.in_hw, self.out_hw = src, dst, in_hw, out_hw
         self.taps, self.weights, self._reach = taps, weights, reach
 
@@ -81,16 +83,12 @@ class Gathered:
         if src.changed is None:
             dst.changed = None
             return 0
-        if src.changed.everything:
-            changed = Changed.all(self.out_hw)
-        else:
-            m = src.changed.bool_mask().to(torch.float32).view(1, 1, *self.in_hw)
-            changed = Changed(self.out_hw, self._reach(m).reshape(-1) > 0)
+        changed = Changed.all(self.out_hw) if src.changed.everything else \
+            Changed.of_idx(self.out_hw, self._reach(src.changed.idx))
         dst.changed = changed
-        idx = changed.idx
-        if idx.numel() == 0:
-            dst.changed = None
+        if changed is None:
             return 0
+        idx = changed.idx
         k = self.taps.shape[1]
         vals = src.value.index_select(0, self.taps[idx].reshape(-1)).view(idx.numel(), k, -1)
         if self.weights is None:
@@ -108,20 +106,19 @@ def max_pool(src: int, dst: int, attrs: dict, in_hw: tuple[int, int], out_hw: tu
     stride = tuple(attrs.get("strides", (1, 1)))
     if len(kernel) != 2 or any(d != 1 for d in attrs.get("dilations", (1, 1))):
         return None
-    top, left, bottom, right = attrs.get("pads", [0, 0, 0, 0])
-    ceil = bool(attrs.get("ceil_mode", 0))
+    top, left = attrs.get("pads", [0, 0, 0, 0])[:2]  # ceil mode and the far pads: out_hw says them
     axes = []
     for n_in, n_out, k, s, p in zip(in_hw, out_hw, kernel, stride, (top, left), strict=True):
         starts = torch.arange(n_out) * s - p
         axes.append((starts[:, None] + torch.arange(k)[None, :]).clamp(0, n_in - 1))
     ty, tx = axes
     taps = (ty[:, None, :, None] * in_hw[1] + tx[None, :, None, :]).reshape(out_hw[0] * out_hw[1], -1)
-
-    def reach(m: Tensor) -> Tensor:
-        out = F.max_pool2d(F.pad(m, (left, right, top, bottom)), kernel, stride, ceil_mode=ceil)
-        return out[..., :out_hw[0], :out_hw[1]]
-
-    return Gathered(src, dst, in_hw, out_hw, taps, None, reach)
+    reads = []
+    for t, n_in in ((ty, in_hw[0]), (tx, in_hw[1])):
+        r = torch.zeros(t.shape[0], n_in, dtype=torch.bool)
+        r.scatter_(1, t, True)
+        reads.append(r)
+    return Gathered(src, dst, in_hw, out_hw, taps, None, Reach(reads[0], reads[1], in_hw, out_hw))
 
 
 @torch.no_grad()
@@ -153,12 +150,7 @@ def resize(fn: Callable[[Tensor], Tensor], src: int, dst: int, in_hw: tuple[int,
     vy, vx = wy.gather(1, iy), wx.gather(1, ix)
     taps = (iy[:, None, :, None] * in_hw[1] + ix[None, :, None, :]).reshape(out_hw[0] * out_hw[1], ky * kx)
     weights = (vy[:, None, :, None] * vx[None, :, None, :]).reshape(out_hw[0] * out_hw[1], ky * kx)
-    dy, dx = (wy != 0).float(), (wx != 0).float()
-
-    def reach(m: Tensor) -> Tensor:
-        return dy @ m[0, 0] @ dx.t()
-
-    return Gathered(src, dst, in_hw, out_hw, taps, weights, reach)
+    return Gathered(src, dst, in_hw, out_hw, taps, weights, Reach(wy != 0, wx != 0, in_hw, out_hw))
 
 
 class Dense:
@@ -196,3 +188,36 @@ class Dense:
                     and bool(torch.equal(v, dst.value))
                 dst.value, dst.dirty, dst.changed = v, not same, None
         return self.macs
+
+
+class Alias:
+    """A step that returns its input as it is: its output slot holds the input's map (the same
+    tensor) and the input's changes."""
+
+    kind = "alias"
+
+    def __init__(self, src: int, dst: int) -> None:
+        self.src, self.dst = src, dst
+
+    def key(self, env: list[Slot]) -> None:
+        env[self.dst].value = env[self.src].value
+
+    def delta(self, env: list[Slot]) -> int:
+        src, dst = env[self.src], env[self.dst]
+        dst.value, dst.changed, dst.dirty = src.value, src.changed, src.dirty
+        return 0
+
+
+class Fused:
+    """A step done by another handler as part of its own work (a ReLU in its conv's write)."""
+
+    kind = "fused"
+
+    def __init__(self, into: str) -> None:
+        self.into = into
+
+    def key(self, env: list[Slot]) -> None:
+        pass
+
+    def delta(self, env: list[Slot]) -> int:
+        return 0

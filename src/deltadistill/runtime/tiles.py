@@ -38,8 +38,8 @@ from ..core.students import SparseStudent
 from ..stream import EveryK, KeyframePolicy
 from ..teachers.graph import GraphModule
 from .tile_conv import TileConv, conv_pads
-from .tile_maps import Changed, Slot, rows_view, to_rows
-from .tile_ops import PIXELWISE, Dense, Gathered, Pixelwise, max_pool, resize
+from .tile_maps import Changed, Slot, rows_view, threads, to_rows
+from .tile_ops import PIXELWISE, Alias, Dense, Fused, Gathered, Pixelwise, max_pool, resize
 
 
 class TileError(ValueError):
@@ -95,10 +95,31 @@ class TileStream:
     ``threshold_scale``: a multiplier on every layer's threshold. ``dense_level``: a conv whose
     outputs to recompute pass this share of its map runs the stock dense conv instead. ``tile``:
     round each conv's recomputed outputs up to whole ``tile`` x ``tile`` tiles (1: single pixels).
+    ``reference``: ``"last"`` (CBinfer: a conv's threshold test is against the input it last used) or
+    ``"keyframe"`` (the sparse student's rule, against the keyframe's input: the same outputs as the
+    model under `DeltaStream`). ``delta_threads``: torch threads during a delta frame (the keyframe keeps
+    the caller's); its ops are small, and on a shared host a 2-thread region waits for a descheduled
+    thread at every barrier (None: the caller's). ``matmul_threads``: threads for a conv's large gathered
+    matmuls and dense fallbacks (`tile_conv.PARALLEL_MACS`; None: ``delta_threads``). ``box``: a conv
+    whose reached outputs fill at least ``1 / box`` of their bounding box runs the stock conv over the
+    box (0: never). ``deep_scale``: ``(stride, scale)``, a further multiplier on the thresholds of convs
+    whose output map is at that stride of the frame or coarser: accuracy bought where MACs are cheap in
+    time (the deep maps are small; `benchmarks/tiles_layers.png`). ``keyframe_engine``: ``"torch"``, or
+    ``"openvino"`` (`tile_key`: the teacher with every map the delta frames read as an output; the first
+    keyframe still runs in torch, to build the handlers).
     """
 
     def __init__(self, model: nn.Module, keyframe: KeyframePolicy | int = 8, *, threshold_scale: float = 1.0,
-                 dense_level: float = 0.5, tile: int = 1, warn: bool = True) -> None:
+                 dense_level: float = 0.5, tile: int = 1, warn: bool = True, reference: str = "last",
+                 delta_threads: int | None = 1, matmul_threads: int | None = None, box: float = 0.0,
+                 deep_scale: tuple[int, float] | None = None, keyframe_engine: str = "torch") -> None:
+        if reference not in ("last", "keyframe"):
+            raise TileError(f"reference must be 'last' or 'keyframe', got {reference!r}")
+        if keyframe_engine not in ("torch", "openvino"):
+            raise TileError(f"keyframe_engine must be 'torch' or 'openvino', got {keyframe_engine!r}")
+        self.reference, self.delta_threads, self.keyframe_engine = reference, delta_threads, keyframe_engine
+        self.matmul_threads, self.box, self.deep_scale = matmul_threads, box, deep_scale
+        self._ov: Any = None
         graph = find_graph(model)
         if graph is None:
             raise TileError(f"{type(model).__name__} has no graph plan (teachers.graph.GraphModule): "
@@ -109,7 +130,7 @@ class TileStream:
         self.rules = conv_rules(graph)
         self.threshold_scale, self.dense_level, self.tile, self.warn = threshold_scale, dense_level, tile, warn
         self.policy: KeyframePolicy = EveryK(keyframe) if isinstance(keyframe, int) else keyframe
-        self._built_for: tuple[int, ...] | None = None
+        self._built_for: tuple[int, ...] | None = None  # the frame shape the handlers were built for
         self.handlers: list[Any] = []
         #: steps that run dense, and why: (step, op type, node, reason)
         self.fallbacks: list[tuple[int, str, str, str]] = []
@@ -118,7 +139,8 @@ class TileStream:
 
     def reset(self) -> None:
         self.step = 0
-        self.env: list[Slot] = []
+        #: kept when an OpenVINO keyframe will refill it: its constants and shapes come from the build
+        self.env: list[Slot] = self.env if self._ov is not None else []
         self.last_key = True
         self.last_macs = 0
         self.last_cost = 1.0
@@ -137,6 +159,15 @@ class TileStream:
     @torch.no_grad()
     def _keyframe(self, x: Tensor) -> None:
         g = self.graph
+        if self._ov is not None and self._built_for == tuple(x.shape):
+            for s in self.env:
+                s.changed, s.dirty = None, False
+            self.env[g._input_slots[0]].value = to_rows(x)
+            self._ov.run(x, self.env)
+            with threads(self.delta_threads):  # the handlers' copies: small regions, as in a delta frame
+                for h in self.handlers:
+                    h.key(self.env)
+            return
         values: list[Any] = [None] * g._n_slots
         for slot, v in zip(g._input_slots, [x], strict=True):
             values[slot] = v
@@ -164,8 +195,23 @@ class TileStream:
         if self._built_for != shape:
             self._build(values)
             self._built_for = shape
+            if self.keyframe_engine == "openvino":
+                from .tile_key import OpenVinoKeyframe
+
+                convs = {name: rule.conv for name, rule in self.rules.items()}
+                slots = self.keyframe_slots(values)
+                self._ov = OpenVinoKeyframe(g, convs, slots, [(*self.env[s].hw, self.env[s].value.shape[1]) if self.env[s].spatial else None for s in slots], x)
         for h in self.handlers:
             h.key(self.env)
+
+    def keyframe_slots(self, values: list[Any]) -> list[int]:
+        """The slots a keyframe must fill for the delta frames: every float tensor a step makes, except
+        an `Alias`'s (the input's map), what a fusion left unkept, and what nothing reads."""
+        g = self.graph
+        read = {s for _, ins, _, _ in g._steps for s in ins} | set(g._output_slots)
+        skip = {h.dst for h in self.handlers if isinstance(h, Alias)} | self.unkept
+        return [s for _, _, outs, _ in g._steps for s in outs
+                if s in read and s not in skip and isinstance(values[s], Tensor) and values[s].is_floating_point()]
 
     def _build(self, values: list[Any]) -> None:
         """One handler per step, chosen by op type and the shapes the keyframe saw."""
@@ -188,6 +234,36 @@ class TileStream:
             elif isinstance(handler, Dense):
                 self.teacher_macs += handler.macs
             self.handlers.append(handler)
+        self._fuse()
+
+    def _fuse(self) -> None:
+        """A ReLU step right after a tiled conv, and its only reader, moves into the conv's write; a
+        channel concat whose only reader is a tiled conv moves into the conv's reads. ``unkept``: the
+        slots that then no handler keeps (the conv's pre-activation, the concat's map)."""
+        g = self.graph
+        readers: dict[int, int] = {s: 1 for s in g._output_slots}
+        for _, ins, _, _ in g._steps:
+            for s in ins:
+                readers[s] = readers.get(s, 0) + 1
+        made_by = {outs[0]: i for i, (_, _, outs, _) in enumerate(g._steps)}
+        self.unkept: set[int] = set()
+        for i, h in enumerate(self.handlers):
+            if not isinstance(h, TileConv) or h.grouped:
+                continue
+            j = made_by.get(h.src)
+            if j is not None and g.step_ops.get(j, ("?",))[0] == "Concat" and readers.get(h.src) == 1 \
+                    and isinstance(self.handlers[j], Pixelwise) and all(self.env[p].spatial for p in g._steps[j][1]):
+                h.parts = g._steps[j][1]
+                self.handlers[j] = Fused(h.name)
+                self.unkept.add(h.src)
+            if i + 1 == len(self.handlers):
+                continue
+            _, ins, outs, _ = g._steps[i + 1]
+            if g.step_ops.get(i + 1, ("?",))[0] == "Relu" and ins == (h.dst,) and readers.get(h.dst) == 1 \
+                    and isinstance(self.handlers[i + 1], Pixelwise):
+                self.unkept.add(h.dst)
+                h.relu, h.dst = True, outs[0]
+                self.handlers[i + 1] = Fused(h.name)
 
     def _handler(self, i: int, fn: Callable[..., Any], ins: tuple[int, ...], outs: tuple[int, ...], mod: str | None,
                  op: str, attrs: dict, values: list[Any]) -> tuple[Any, str]:
@@ -205,8 +281,13 @@ class TileStream:
             pads = conv_pads(rule.conv, attrs, src.hw)
             if pads is None:
                 return None, "padding it cannot read"
-            h = TileConv(mod, rule.conv, ins, outs, pads, src.hw, out.hw, rule.threshold * self.threshold_scale,
-                         rule.weights, self.dense_level, self.tile)
+            scale = self.threshold_scale
+            frame = env[self.graph._input_slots[0]].hw
+            if self.deep_scale is not None and frame is not None and round(frame[0] / out.hw[0]) >= self.deep_scale[0]:
+                scale *= self.deep_scale[1]
+            h = TileConv(mod, rule.conv, ins, outs, pads, src.hw, out.hw, rule.threshold * scale,
+                         rule.weights, self.dense_level, self.tile, self.reference)
+            h.mm_threads, h.box = self.matmul_threads, self.box
             if rule.conv.groups != 1:
                 return h, ""  # grouped: the rule holds, the kernel is the dense one (TileConv.delta)
             h.key(env)
@@ -215,6 +296,8 @@ class TileStream:
             return h, ""
         if len(outs) != 1:
             return None, "several outputs"
+        if op == "Cast" and len(ins) == 1 and values[outs[0]] is values[ins[0]] and env[ins[0]].spatial:
+            return Alias(ins[0], outs[0]), ""
         if not out.spatial:
             return None, "output is not a batch-1 map"
         if op in PIXELWISE or (op == "Concat" and attrs.get("axis") in (1, -3)):
@@ -238,6 +321,10 @@ class TileStream:
     # ------------------------------------------------------------------ delta frame
     @torch.no_grad()
     def _delta(self, x: Tensor) -> None:
+        with threads(self.delta_threads):
+            self._delta_steps(x)
+
+    def _delta_steps(self, x: Tensor) -> None:
         g = self.graph
         env = self.env
         for s in env:
