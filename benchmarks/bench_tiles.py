@@ -141,7 +141,8 @@ def stream(args: argparse.Namespace) -> dict:
                        value_range=teacher.input_range, fit="letterbox")
     model = sparse_model(teacher, clips, args.level, clips=args.clips) if args.level > 0 else teacher
     ov = dense_runner(teacher, "openvino", size, threads=args.threads)
-    frames = [teacher.preprocess(f) for f in iter_frames(vids["static-hands"], size=size, stop=args.frames)]
+    frames = [teacher.preprocess(f) for f in iter_frames(vids["static-hands"], size=size, start=args.start,
+                                                         stop=args.start + args.frames)]
     base = {"dense_level": args.dense_level, "tile": args.tile, "threshold_scale": args.threshold_scale,
             "reference": args.reference, "keyframe_engine": args.keyframe_engine, "delta_threads": args.delta_threads}
     variants = dict(_variant(v) for v in args.variant) if args.variant else {"tiles": {}}
@@ -276,6 +277,7 @@ def main() -> None:
     s.add_argument("--level", type=float, default=0.1)
     s.add_argument("--k", type=int, default=8)
     s.add_argument("--frames", type=int, default=41)
+    s.add_argument("--start", type=int, default=0, help="the first frame of static-hands scored (64..: the hands move)")
     s.add_argument("--clips", type=int, default=4)
     s.add_argument("--dense-level", type=float, default=0.5)
     s.add_argument("--tile", type=int, default=1)

@@ -381,11 +381,13 @@ class CroppedStream(FrameStream):
 @register_runtime
 class TiledStream(FrameStream):
     """A sparse delta model's delta frames computed only at the pixels its thresholds pass
-    (`tiles.TileStream`), in time. Its options: ``threshold_scale``, ``dense_level``, ``tile``."""
+    (`tiles.TileStream`), in time. Its options are `TileStream`'s: ``threshold_scale``,
+    ``dense_level``, ``tile``, ``reference``, ``delta_threads``, ``keyframe_engine`` (OpenVINO where
+    installed)."""
 
     name = "tiles"
     backends = ("torch",)
-    option_names = ("threshold_scale", "dense_level", "tile")
+    option_names = ("threshold_scale", "dense_level", "tile", "reference", "delta_threads", "keyframe_engine")
 
     def __init__(self, setup: StreamSetup) -> None:
         from .tiles import TileStream
@@ -393,7 +395,12 @@ class TiledStream(FrameStream):
         if setup.model is None:
             raise RuntimeChoiceError("the tiles runtime runs a sparse delta model: give --model or --sparse")
         self.setup = setup
-        self.stream = TileStream(setup.model, setup.policy(), **setup.options)
+        options = dict(setup.options)
+        if "keyframe_engine" not in options:  # keyframes on OpenVINO where it is installed: ~2x its dense time
+            import importlib.util  # against 4-8x in torch (BENCHMARKS.md, the tile runtime's second pass)
+
+            options["keyframe_engine"] = "openvino" if importlib.util.find_spec("openvino") else "torch"
+        self.stream = TileStream(setup.model, setup.policy(), **options)
         self.model = setup.model
         self.measured = True
         self._teacher = teacher_macs(setup.teacher, setup.size)

@@ -227,13 +227,19 @@ class TileStream:
                 macs = _dense_macs(conv, values[ins[0]], values[outs[0]]) if conv is not None else 0
                 handler = Dense(fn, ins, outs, conv, macs)
                 self.fallbacks.append((i, op, node, why))
-                if self.warn:
-                    warnings.warn(f"tile runtime: {op} {node!r} (step {i}) runs dense: {why}", stacklevel=3)
             if isinstance(handler, TileConv):
                 self.teacher_macs += handler.macs_per_pixel // handler.conv.groups * handler.out_hw[0] * handler.out_hw[1]
             elif isinstance(handler, Dense):
                 self.teacher_macs += handler.macs
             self.handlers.append(handler)
+        if self.warn and self.fallbacks:  # one line per kind of op, naming it, however many steps it has
+            kinds: dict[tuple[str, str], list[str]] = {}
+            for _, op, node, why in self.fallbacks:
+                kinds.setdefault((op, why), []).append(node)
+            for (op, why), nodes in kinds.items():
+                more = f" and {len(nodes) - 1} more" if len(nodes) > 1 else ""
+                warnings.warn(f"tile runtime: {op} {nodes[0]!r}{more} run{'' if more else 's'} dense: {why}",
+                              stacklevel=3)
         self._fuse()
 
     def _fuse(self) -> None:
