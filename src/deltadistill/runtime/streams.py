@@ -324,8 +324,28 @@ class ExportedStream(FrameStream):
             self._tmp = None
 
 
+class _TeacherCosted(FrameStream):
+    """A stream over an inner runtime (``self.stream``) whose cost reports count in teacher MACs: a
+    keyframe costs the teacher, a delta frame what the runtime says it computed."""
+
+    stream: Any
+    _teacher: int
+
+    @property
+    def policy(self) -> KeyframePolicy:
+        return self.stream.policy
+
+    def __call__(self, x: Tensor) -> Any:
+        y = self.stream(x)
+        self.last_key = bool(self.stream.last_key)
+        return y
+
+    def mac_report(self) -> MacReport:
+        return MacReport(self._teacher, self._teacher, self._teacher, self.setup.keyframe_interval, [])
+
+
 @register_runtime
-class CroppedStream(FrameStream):
+class CroppedStream(_TeacherCosted):
     """The teacher itself, rerun on delta frames only on crops around what moved (`crop.CropStream`).
     A delta frame costs about its crops' share of the frame."""
 
@@ -344,20 +364,10 @@ class CroppedStream(FrameStream):
         self._teacher = teacher_macs(setup.teacher, setup.size)
         self.measured = True
 
-    @property
-    def policy(self) -> KeyframePolicy:
-        return self.stream.policy
-
-    def __call__(self, x: Tensor) -> Any:
-        y = self.stream(x)
-        self.last_key = bool(self.stream.last_key)
-        return y
 
     def account(self) -> float | None:
         return self._teacher if self.last_key else self.stream.last_cost * self._teacher
 
-    def mac_report(self) -> MacReport:
-        return MacReport(self._teacher, self._teacher, self._teacher, self.setup.keyframe_interval, [])
 
     def dense_teacher(self) -> Callable[[Tensor], Any] | None:
         from .fastest import dense_runner
@@ -379,7 +389,7 @@ class CroppedStream(FrameStream):
 
 
 @register_runtime
-class TiledStream(FrameStream):
+class TiledStream(_TeacherCosted):
     """A sparse delta model's delta frames computed only at the pixels its thresholds pass
     (`tiles.TileStream`), in time. Its options are `TileStream`'s: ``threshold_scale``,
     ``dense_level``, ``tile``, ``reference``, ``delta_threads``, ``keyframe_engine`` (OpenVINO where
@@ -405,20 +415,10 @@ class TiledStream(FrameStream):
         self.measured = True
         self._teacher = teacher_macs(setup.teacher, setup.size)
 
-    @property
-    def policy(self) -> KeyframePolicy:
-        return self.stream.policy
-
-    def __call__(self, x: Tensor) -> Any:
-        y = self.stream(x)
-        self.last_key = bool(self.stream.last_key)
-        return y
 
     def account(self) -> float | None:
         return self._teacher if self.last_key else self.stream.last_macs
 
-    def mac_report(self) -> MacReport:
-        return MacReport(self._teacher, self._teacher, self._teacher, self.setup.keyframe_interval, [])
 
     def settings(self) -> dict[str, Any] | None:
         s = self.stream

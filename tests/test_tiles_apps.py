@@ -1,0 +1,67 @@
+"""`--runtime tiles` end to end (issue 28): bench and run open the tile runtime by name, and it runs the
+same model the dense runtime runs, computing part of each delta frame."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from deltadistill import convert, deploy
+from deltadistill.apps.bench import evaluate_on_video
+from deltadistill.core.config import DeltaConfig
+from deltadistill.core.modes import delta_layers
+from deltadistill.runtime.run import run_video
+from deltadistill.teachers import from_onnx
+from deltadistill.video import default_videos
+
+from .test_onnx_import import _small_dynamic_net
+
+
+def _sparse(teacher: torch.nn.Module, threshold: float) -> torch.nn.Module:
+    model = convert(copy.deepcopy(teacher), DeltaConfig(student="sparse"))
+    for _, layer in delta_layers(model):
+        layer.students["sparse"].threshold.fill_(threshold)
+    return deploy(model).eval()
+
+
+def test_bench_with_the_tile_runtime_matches_the_dense_runtime(tmp_path) -> None:
+    """At threshold 0 the tile runtime's predictions are the teacher's (mIoU 1: on a real video every
+    pixel moves a little, so it recomputes nearly everything); its settings and stages reach the report.
+    At a positive threshold it computes part of each delta frame, and the report counts what it did.
+    Breakage caught: a bench that ran the dense runtime for ``--runtime tiles`` (no tile stages, and the
+    dense sparse student's MAC count instead of the runtime's)."""
+    _small_dynamic_net(tmp_path / "net.onnx")
+    teacher = from_onnx(tmp_path / "net.onnx", input_size=(144, 176)).eval()
+    video = default_videos()["static-hands"]
+    exact, _ = evaluate_on_video(teacher, _sparse(teacher, 0.0), video, keyframe_interval=4, start=64, stop=80,
+                                 progress=False, engines=None, runtime="tiles", crop={"keyframe_engine": "torch"})
+    assert exact["accuracy"]["value"] == 1.0
+    assert exact["runtime"] == "tiles" and exact["tiles"]["dense_ops"] == []
+    assert 0 < exact["tiles_stages"]["mean_computed"] <= 1 and exact["macs_measured"]
+    sparse, _ = evaluate_on_video(teacher, _sparse(teacher, 0.05), video, keyframe_interval=4, start=64, stop=80,
+                                  progress=False, engines=None, runtime="tiles", crop={"keyframe_engine": "torch"})
+    computed = sparse["tiles_stages"]["mean_computed"]
+    assert computed < 0.5 and sparse["mac_ratio"] > exact["mac_ratio"]
+    k = sparse["frames_per_keyframe"]  # the amortised MACs are the runtime's own count: (key + (k-1) delta) / k
+    assert sparse["mac_ratio"] == pytest.approx(k / (1 + (k - 1) * computed), rel=0.05)
+
+
+def test_run_with_the_tile_runtime_writes_the_dense_runtimes_masks(tmp_path) -> None:
+    """`run_video(runtime="tiles")` at threshold 0 writes the same JSON lines as the dense runtime (the
+    same keyframes, the same masks), and counts the MACs it computed."""
+    _small_dynamic_net(tmp_path / "net.onnx")
+    teacher = from_onnx(tmp_path / "net.onnx", input_size=(144, 176)).eval()
+    model = _sparse(teacher, 0.0)
+    video = str(default_videos()["carphone_pristine"])
+    outs = {}
+    for runtime in ("dense", "tiles"):
+        lines = tmp_path / f"{runtime}.jsonl"
+        summary = run_video(teacher, video, model=model, keyframe_interval=4, jsonl=lines, progress=False,
+                            runtime=runtime, crop={"keyframe_engine": "torch"})
+        outs[runtime] = [json.loads(x) for x in lines.read_text().splitlines()][:24]
+        assert summary.macs_per_frame is not None and summary.macs_measured
+    assert [r["keyframe"] for r in outs["tiles"]] == [r["keyframe"] for r in outs["dense"]]
+    assert [r["mask"]["counts"] for r in outs["tiles"]] == [r["mask"]["counts"] for r in outs["dense"]]
