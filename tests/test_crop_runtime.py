@@ -7,6 +7,8 @@ edge, stride-2 convs down to odd map sizes, and in one of them a squeeze-excite 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -345,3 +347,51 @@ def test_bench_report_timing_figures_by_hand_from_the_runs_own_frames(tmp_path):
     assert (low["timed"][-1]["ms"] <= delta_ms) == ("words" not in low)
     if low["input_size"] == [256, 256]:  # the teacher itself fits the time: the rival is exact
         assert low["value"] == 1.0 and not low["beats"]
+
+
+def _square_video(path) -> str:
+    """A static blocky 144x208 scene with a white square moving across it: most pixels of a frame are
+    bit-identical to the last frame's (the codec copies them); what moves is near the square."""
+    from deltadistill.video import VideoWriter
+
+    rng = np.random.default_rng(0)
+    bg = np.repeat(np.repeat((rng.random((18, 26, 3)) * 255).astype(np.uint8), 8, 0), 8, 1)
+    with VideoWriter(path, fps=10) as w:
+        for i in range(16):
+            f = bg.copy()
+            f[20:36, 8 + 4 * i: 24 + 4 * i] = 255
+            w.write(f)
+    return str(path)
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_crop_runtime_end_to_end_in_bench_and_run_equals_the_dense_teacher_at_threshold_0(tmp_path, backend):
+    """`bench` (`evaluate_on_video`) and `run` (`run_video`) with ``runtime="crop"``, on torch and on
+    OpenVINO, over a real mp4: at threshold 0, with reach and margin past the receptive field, every
+    frame's output is the dense teacher's, while delta frames compute only part of the frame; the report
+    carries the crop's settings and stages. Breakage caught: a crop path that ran the teacher whole
+    (``mean_computed`` 1), or pasted stale or shifted crops (outputs differ)."""
+    pytest.importorskip("openvino") if backend == "openvino" else None
+    from deltadistill.apps.bench import evaluate_on_video
+    from deltadistill.runtime.run import run_video
+
+    _net(tmp_path)
+    teacher = from_onnx(tmp_path / "net000.onnx", input_size=(144, 208)).eval()  # twice the size: room for crops
+    video = _square_video(tmp_path / "square.mp4")
+    crop = {"threshold": 0.0, "tile": 8, "reach": 16, "margin": 16, "align": 8, "bucket": (24, 32),
+            "cache_dir": tmp_path / "exports"}
+    report, cmp = evaluate_on_video(teacher, None, video, keyframe_interval=8, progress=False, engines=None,
+                                    runtime="crop", backend=backend, crop=crop)
+    worst = max(float(np.abs(d - t).max()) for d, t in zip(cmp.delta_preds, cmp.teacher_preds, strict=True))
+    assert worst < 1e-4, worst
+    assert report["runtime"] == "crop" and report["crop"]["threshold"] == 0.0
+    assert 0 < report["crop_stages"]["mean_computed"] < 0.9 and report["mac_ratio"] > 1.0
+    lines = {}
+    for runtime in ("dense", "crop"):
+        out = tmp_path / f"{runtime}.jsonl"
+        run_video(teacher, video, keyframe_interval=8, jsonl=out, progress=False, backend=backend, runtime=runtime,
+                  crop=crop)
+        lines[runtime] = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines["crop"]) == 16
+    for a, b in zip(lines["crop"], lines["dense"], strict=True):
+        assert a["map"]["shape"] == b["map"]["shape"] and abs(a["map"]["mean"] - b["map"]["mean"]) < 1e-4
