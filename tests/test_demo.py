@@ -103,6 +103,30 @@ def test_bench_runs_on_the_demo_model(demo_dir: Path, tmp_path: Path) -> None:
     assert report["detail"]["delta_frames_repeating_keyframe"] < 1  # a working model computes its delta frames
 
 
+def test_demo_quick_delta_macs_are_the_saved_models_own_count(demo_dir: Path) -> None:
+    """The report's delta GMACs per frame, recounted without bench: the saved model, loaded afresh, run by
+    `DeltaStream` over the same 24 frames of bikes at K=4, each delta frame's MACs as its sparse students
+    measured them. Breakage caught: a report that amortised the nominal (calibration-time) cost, or counted
+    the keyframes at the teacher's cost when they also fold ``c = z_k - g(x_k)``."""
+    import torch
+
+    import deltadistill as dd
+    from deltadistill.apps.bench import load_delta_model
+    from deltadistill.core.macs import measured_delta_macs
+    from deltadistill.video import iter_frames
+
+    report = json.loads((demo_dir / "report.json").read_text())
+    teacher = dd.teachers.load("selfie")
+    model = load_delta_model(teacher, demo_dir / "model")
+    macs = dd.count_macs(model, (3, 256, 256), 4)
+    stream, total = dd.DeltaStream(model, 4), 0.0
+    with torch.no_grad():
+        for frame in iter_frames(default_videos()["bikes"], (256, 256), "letterbox", 0, 24):
+            stream(teacher.preprocess(frame[None]))
+            total += macs.keyframe if stream.last_key else measured_delta_macs(model, macs)
+    assert report["gmacs_per_frame"]["delta"] == pytest.approx(total / 24 / 1e9, rel=1e-6)
+
+
 def test_bench_refuses_a_bad_model_dir(tmp_path: Path) -> None:
     r = cli("bench", "--teacher", "centernet", "--model", str(tmp_path), "--video", str(default_videos()["bikes"]))
     assert r.returncode == 2 and "not a deltadistill checkpoint" in r.stderr and "Traceback" not in r.stderr
@@ -123,6 +147,12 @@ def test_bench_sweeps_budgets_with_calibrated_models(tmp_path: Path) -> None:
     for k in (2, 4):  # a larger budget costs more MACs at the same keyframe interval
         assert by[("calibrated, budget 0.2", k)]["gmacs"] < by[("calibrated, budget 0.6", k)]["gmacs"]
     assert all(0 <= p["hold_keyframe_baseline"] <= 1 and 0 <= p["accuracy"] <= 1 for p in points)
+    # pinned to an independent run: the sweep's point for the model itself at its own K is the main run
+    # (the same model, frames and K), so its accuracy, repeated-keyframe score and MACs are the report's
+    own = by[("calibrated, budget 0.6", 4)]
+    assert own["accuracy"] == pytest.approx(report["accuracy"]["value"], abs=1e-9)
+    assert own["hold_keyframe_baseline"] == pytest.approx(report["accuracy"]["hold_keyframe_baseline"], abs=1e-9)
+    assert own["gmacs"] == pytest.approx(report["gmacs_per_frame"]["delta"], rel=1e-6)
     assert out.with_suffix(".pareto.png").stat().st_size > 10_000
 
 
@@ -145,6 +175,26 @@ def test_bench_sparse_model_reports_measured_macs_and_the_rival_at_equal_macs(tm
     rival = report["accuracy"]["rival_equal_macs"]
     assert rival["interval"] == pytest.approx(report["mac_ratio"]) and "rival at equal MACs" in r.stdout
     assert -1 <= report["detail"]["output_change_recovered"] <= 1
+    # pinned to an independent count: the same sparse model, made again as bench makes it (calibration on
+    # the frames before --start), run by DeltaStream over frames 90..97, its students' measured MACs
+    import torch
+
+    import deltadistill as dd
+    from deltadistill.apps.bench import sparse_model
+    from deltadistill.apps.cli import _calibration_clips
+    from deltadistill.core.macs import measured_delta_macs
+    from deltadistill.video import iter_frames
+
+    video = default_videos()["carphone_pristine"]
+    teacher = dd.teachers.load("selfie")
+    model = sparse_model(teacher, _calibration_clips(teacher, video, 90, None, 4), 0.15).eval()
+    macs = dd.count_macs(model, (3, 256, 256), 4)
+    stream, total = dd.DeltaStream(model, 4), 0.0
+    with torch.no_grad():
+        for frame in iter_frames(video, (256, 256), "letterbox", 90, 98):
+            stream(teacher.preprocess(frame[None]))
+            total += macs.keyframe if stream.last_key else measured_delta_macs(model, macs)
+    assert report["gmacs_per_frame"]["delta"] == pytest.approx(total / 8 / 1e9, rel=1e-6)
 
 
 @pytest.mark.parametrize("flag", ["--render", "--json"])
