@@ -108,7 +108,7 @@ def evaluate_on_video(teacher: nn.Module, model: nn.Module | None, video: str | 
     stream = open_stream(name_, setup)
     macs = stream.mac_report()
     writer = VideoWriter(out_video, fps=info.fps).__enter__() if out_video else None
-    running = {"g": 0.0, "now": 0.0}
+    running = {"g": 0.0}
 
     def on_frame(i: int, frame: np.ndarray, t_pred: Any, d_pred: Any, key: bool) -> None:
         tc_teacher.update(frame, t_pred)

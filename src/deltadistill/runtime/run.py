@@ -99,9 +99,11 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
     in ``onnx_dir`` over ``video`` and write ``out`` (mp4) and ``jsonl``. Outputs appear only complete.
     ``scene_cut``: also a keyframe where the input jumps (`SceneCut`). ``backend``: ``openvino`` runs
     the exported graphs, or the plain teacher, on OpenVINO. ``runtime="crop"``: the teacher itself,
-    rerun only on boxes around what moved (`runtime.crop.CropStream`, options in ``crop``).
+    rerun only on boxes around what moved (`runtime.crop.CropStream`); ``runtime="tiles"``: a sparse
+    model's delta frames computed only where its thresholds pass (`runtime.tiles.TileStream`). ``crop``:
+    the runtime's options (each takes its own, `streams.FrameStream.option_names`).
     ``background``: what the mp4 of a segmentation teacher shows, the cut-out foreground over a
-    ``plain`` colour or the ``blur``-red frame, or the mask as an ``overlay``; default the teacher's
+    ``plain`` colour or the frame blurred (``blur``), or the mask as an ``overlay``; default the teacher's
     ``default_background`` (IS-Net: ``plain``), else ``overlay``.
     """
     for path, what in ((out, "output video"), (jsonl, "JSONL output")):
@@ -162,12 +164,12 @@ def run_video(teacher: nn.Module, video: str | Path, *, model: nn.Module | None 
         raise
     finally:
         bar.close()
+        stream.close()
     seconds = time.perf_counter() - t0
     if writer is not None:
         writer.__exit__(None, None, None)
     if jsonl is not None:
         atomic_write(Path(jsonl), lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))
-    stream.close()
     per_frame = total_macs / max(n, 1) if counted else None  # onnxruntime cannot count a sparse student's cost
     return RunSummary(n, keys, seconds, n / max(seconds, 1e-9), per_frame, teacher_macs,
                       stream.measured, backend, str(out) if out else None,
