@@ -107,8 +107,12 @@ def trained(teacher: nn.Module, objective: str, choices: dict[str, list], clips:
     if (out / "result.json").is_file():
         return dd.load(copy.deepcopy(teacher), out / "model")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "command.json").write_text(json.dumps({"command": command(), "objective": objective,
-                                                  "started": _now(), "machine": machine()}, indent=1))
+    log = out / "command.json"  # every command that ran this training, resumed ones included
+    runs = json.loads(log.read_text())["runs"] if log.is_file() else []
+    runs.append({"command": command(), "started": _now(), "machine": machine(),
+                 "from_step": int(ckpt.read_text().split("-")[1]) if (ckpt := out / "checkpoints" / "latest").is_file()
+                 else 0})
+    log.write_text(json.dumps({"objective": objective, "runs": runs, "command": runs[-1]["command"]}, indent=1))
     t0 = time.time()
     dd.distill(model, clips, steps=args.steps, lr=args.lr, seed=0, out_dir=out, resume=True,
                checkpoint_every=args.checkpoint_every, progress=False)
@@ -235,9 +239,14 @@ def body(args: argparse.Namespace, results: dict[str, Any]) -> str:
         lines.append(f"| {LABEL[row]} | {v} | {k} | {r['mac_ratio']:.2f}x | {r['metric']} {r['accuracy']:.3f} | "
                      f"{r['tc_teacher']:.3f} / {r['tc_model']:.3f} | {riv['value']:.3f} (K={riv['interval']:.2f}) | "
                      f"{verdict} | {PREDICTION[row]} |")
-    lines += ["", "Models: " + "; ".join(
-        f"`{row}`: {json.loads((args.out / args.teacher / row / 'command.json').read_text())['command']}"
-        for row in ("features", "delta") if (args.out / args.teacher / row / "command.json").is_file())]
+    lines += ["", "The trained models (checkpoints and `command.json` in `runs/claims/TEACHER/OBJECTIVE`):"]
+    for row in ("features", "delta"):
+        log = args.out / args.teacher / row / "command.json"
+        if log.is_file():
+            runs = json.loads(log.read_text()).get("runs") or [json.loads(log.read_text())]
+            lines.append(f"- `{row}`: " + "; then ".join(
+                f"`{r['command']}` ({r.get('started', '?')}{', resumed at step ' + str(r['from_step']) if r.get('from_step') else ''})"
+                for r in runs))
     return "\n".join(lines)
 
 

@@ -7,7 +7,8 @@ Modes (set for a whole model with `deltadistill.core.modes.set_mode`):
   keyframe. Output frame ``t`` is ``z_k + g(x_t - x_k)``. The layer keeps ``last_pred_delta``
   and, if ``record_true_delta``, the teacher's delta ``last_true_delta = z_t - z_k``: from the
   teacher's own features when a teacher-mode pass over the same frames came just before (as in
-  `distill`), else ``W(x_t - x_k)`` on this layer's input.
+  `distill`), else ``W(x_t - x_k)`` on this layer's input. Under the feature objective the same two
+  fields hold that objective's own pair: the estimate ``g(x_t) + b`` and the teacher's ``z_t``.
 - ``stream``: inference, one frame per stream at a time, with state held in a cache dict that
   `DeltaStream` binds before each call (so two streams over one model never share state).
 
@@ -251,26 +252,25 @@ class DeltaConv2d(DeltaLayer):
         if t == 1:
             return zk
         delta = (xs[:, 1:] - xk.unsqueeze(1)).flatten(0, 1)
-        if self.objective == "features":
-            # g(x_t) + b. Recorded as its change from z_k, so the loss compares the same thing under
-            # both objectives: the layer's estimate of z_t against the teacher's z_t (z_k is exact)
-            est = self._features(xs[:, 1:].flatten(0, 1), self.predict_delta)
-            pred = est - zk.detach().repeat_interleave(t - 1, 0)
+        features = self.objective == "features"
+        if features:  # the estimate g(x_t) + b itself, and below the teacher's z_t as its target
+            pred = est = self._features(xs[:, 1:].flatten(0, 1), self.predict_delta)
         else:
             pred = self.predict_delta(delta)
         self.last_pred_delta = pred
         if self.record_true_delta:
             tz = self.teacher_out
             if tz is not None and tz.shape[0] == x.shape[0] and tz.shape[1:] == zk.shape[1:]:
-                # the teacher ran on these frames first: its own delta z_t - z_k, so a student also
-                # learns to undo what earlier students got wrong instead of compounding it
+                # the teacher ran on these frames first: its own delta z_t - z_k (or its z_t), so a
+                # student also learns to undo what earlier students got wrong instead of compounding it
                 tz = tz.view(n, t, *tz.shape[1:])
-                self.last_true_delta = (tz[:, 1:] - tz[:, :1]).flatten(0, 1)
+                self.last_true_delta = (tz[:, 1:] if features else tz[:, 1:] - tz[:, :1]).flatten(0, 1)
             else:
                 with torch.no_grad():
-                    self.last_true_delta = self.teacher_linear(delta)
+                    self.last_true_delta = (self.base(xs[:, 1:].flatten(0, 1)) if features
+                                            else self.teacher_linear(delta))
             self.teacher_out = None
-        if self.objective == "features":
+        if features:
             rest = est.view(n, t - 1, *est.shape[1:])
         else:
             rest = zk.unsqueeze(1) + pred.view(n, t - 1, *pred.shape[1:])
