@@ -100,6 +100,9 @@ def distill(
     candidates: str = typer.Option("compressed,full", help="students the gates choose among"),
     calibrate: bool = typer.Option(False, "--calibrate", help="choose each layer's student in closed form "
                                    "from real deltas at --budget (dd.calibrate) instead of the gate search"),
+    objective: str = typer.Option("delta", help="delta: students learn each conv's change, z_t = z_k + g(x_t - x_k) "
+                                  "(the paper's method); features: they learn its output, z_t = g(x_t) + b "
+                                  "(feature distillation, the paper's baseline; kernel-split and full students only)"),
     lr: float = typer.Option(1e-3),
     gate_lr: float = typer.Option(5e-2),
     workers: int = typer.Option(1, min=0, help="DataLoader workers decoding video"),
@@ -109,10 +112,13 @@ def distill(
 ) -> None:
     """Train students and gates on unlabelled video against the teacher's own predictions."""
     import deltadistill as dd
+    from deltadistill.core.config import OBJECTIVES
     from deltadistill.train.checkpointing import check_writable
     from deltadistill.video import VideoClips
 
     try:
+        if objective not in OBJECTIVES:  # before anything is read or written
+            raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         check_writable(out)
         model = _teacher(teacher, input_size, value_range, task, video=videos[0] if videos else None)
         hw = (size, size) if size else tuple(getattr(model, "input_size", (256, 256)))
@@ -121,11 +127,14 @@ def distill(
         if calibrate:
             if budget is None:
                 raise ValueError("--calibrate needs --budget (a delta frame's share of the teacher's MACs)")
-            dd.convert(model, dd.DeltaConfig(student="compressed", reduction=reduction))
-            cal = dd.calibrate(model, clips, budget=budget)
+            dd.convert(model, dd.DeltaConfig(student="compressed", reduction=reduction, objective=objective))
+            # the feature objective has no form for zero or sparse students: choose among the rest
+            only = {"students": ("compressed", "full")} if objective == "features" else {}
+            cal = dd.calibrate(model, clips, budget=budget, **only)
             typer.echo(f"calibrated: a delta frame costs {cal.cost:.1%} of the teacher; students {cal.counts()}")
         else:
-            dd.convert(model, dd.DeltaConfig(reduction=reduction, candidates=tuple(candidates.split(","))))
+            dd.convert(model, dd.DeltaConfig(reduction=reduction, candidates=tuple(candidates.split(",")),
+                                             objective=objective))
         result = dd.distill(model, clips, steps=steps, budget=budget, lr=lr, gate_lr=gate_lr,
                             batch_size=batch_size, num_workers=workers, out_dir=out,
                             checkpoint_every=checkpoint_every, resume=resume, seed=seed)
@@ -134,8 +143,8 @@ def distill(
         return
     if result.history:
         last = result.history[-1]
-        typer.echo(f"done: {steps} steps; final task {last['task']:.4f}, distill {last['distill']:.4f}; "
-                   f"delta frame costs {result.reached_cost:.1%} of the teacher (budget "
+        typer.echo(f"done: {steps} steps ({objective} objective); final task {last['task']:.4f}, "
+                   f"distill {last['distill']:.4f}; delta frame costs {result.reached_cost:.1%} of the teacher (budget "
                    f"{'none' if budget is None else f'{budget:.0%}'}); model in {out / 'model'}")
 
 

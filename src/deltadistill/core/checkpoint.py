@@ -142,7 +142,7 @@ def load(teacher: nn.Module, path: str | Path) -> nn.Module:
         _rebuild_students(layer, info, config)
         if info["deployed"]:
             _replace(teacher, name, DeployedDeltaConv2d(layer.base, layer.students[info["deployed"]],
-                                                        info["deployed"]))
+                                                        info["deployed"], config.objective))
     if meta.get("bn_folded"):  # fold the teacher's BN the same way; saved students are already scaled
         teacher.delta_bn_folded = fold_batchnorm(teacher.eval())
     state = {}

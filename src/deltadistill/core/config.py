@@ -9,6 +9,9 @@ from typing import Any, Literal, Union
 
 from torch import nn
 
+#: what a student learns on the frames between keyframes (see `DeltaConfig.objective`)
+OBJECTIVES = ("delta", "features")
+
 TargetSpec = Union[
     None,
     type,
@@ -32,6 +35,12 @@ class DeltaConfig:
     candidates: the students the gate chooses between when ``student == "search"``.
     prefer, gate_init: the gate starts with logit ``gate_init`` on ``prefer`` (if a candidate) and 0
         elsewhere, so a short search starts from the paper's SVD student rather than a tie.
+    objective: ``"delta"`` (the paper's method): a delta frame computes ``z_t = z_k + g(x_t - x_k)``
+        and the student learns the output's change. ``"features"``: the paper's baseline, feature
+        distillation: ``z_t = g(x_t) + b`` (``b`` the teacher's bias), the student learns the output
+        itself from the input itself. Same students, gates and budget; only what ``g`` sees and
+        predicts differs. Students with nothing to train (``zero``, the ``sparse`` kinds) have no
+        feature form and are refused at conversion.
     """
 
     student: str = "search"
@@ -42,6 +51,7 @@ class DeltaConfig:
     prefer: str | None = "compressed"
     gate_init: float = 1.0
     tau: float = 1.0
+    objective: str = "delta"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -52,6 +62,8 @@ class DeltaConfig:
             raise ValueError(f"DeltaConfig.reduction must be >= 1, got {self.reduction}")
         if self.policy not in ("min", "out"):
             raise ValueError(f"DeltaConfig.policy must be 'min' or 'out', got {self.policy!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"DeltaConfig.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.student == "search" and len(self.candidates) < 2:
             raise ValueError("student='search' needs at least two candidates")
         self.candidates = tuple(self.candidates)

@@ -8,7 +8,7 @@ from torch import nn
 
 from .config import DeltaConfig, explicitly_named, match_target
 from .layer import DeltaConv2d
-from .students import STUDENTS, Student, check_names
+from .students import STUDENTS, Student, check_feature_forms, check_names
 
 
 class UnsupportedLayerError(ValueError):
@@ -81,6 +81,8 @@ def convert(model: nn.Module, config: DeltaConfig | None = None) -> nn.Module:
     """
     config = config or DeltaConfig()
     check_names(config)
+    if config.objective == "features":
+        check_feature_forms(config.student_names)
     if any(isinstance(m, DeltaConv2d) for m in model.modules()):
         raise ValueError("model is already converted")
     named = [(n, m) for n, m in model.named_modules() if n]
@@ -106,7 +108,7 @@ def convert(model: nn.Module, config: DeltaConfig | None = None) -> nn.Module:
         records.append(rec)
         if rec.converted:
             students: dict[str, Student] = {s: STUDENTS[s].from_teacher(m, config) for s in rec.students}
-            layer = DeltaConv2d(m, students, config.tau, config.gate_init, config.prefer)
+            layer = DeltaConv2d(m, students, config.tau, config.gate_init, config.prefer, config.objective)
             _replace(model, name, layer.train(m.training))  # new layers follow the model's train/eval state
     order = {n: i for i, (n, _) in enumerate(named)}
     records.sort(key=lambda r: order.get(r.name, 0))

@@ -22,7 +22,7 @@ def deploy(model: nn.Module, fold_bn: bool = True) -> nn.Module:
         raise ValueError("nothing to deploy: the model has no trainable delta layers")
     for name, layer in layers:
         choice = layer.chosen()
-        new = DeployedDeltaConv2d(layer.base, layer.students[choice], choice)
+        new = DeployedDeltaConv2d(layer.base, layer.students[choice], choice, layer.objective)
         new.mode, new.in_hw = layer.mode, layer.in_hw
         _replace(model, name, new)
     model.eval().requires_grad_(False)

@@ -7,9 +7,14 @@ Modes (set for a whole model with `deltadistill.core.modes.set_mode`):
   keyframe. Output frame ``t`` is ``z_k + g(x_t - x_k)``. The layer keeps ``last_pred_delta``
   and, if ``record_true_delta``, the teacher's delta ``last_true_delta = z_t - z_k``: from the
   teacher's own features when a teacher-mode pass over the same frames came just before (as in
-  `distill`), else ``W(x_t - x_k)`` on this layer's input.
+  `distill`), else ``W(x_t - x_k)`` on this layer's input. Under the feature objective the same two
+  fields hold that objective's own pair: the estimate ``g(x_t) + b`` and the teacher's ``z_t``.
 - ``stream``: inference, one frame per stream at a time, with state held in a cache dict that
   `DeltaStream` binds before each call (so two streams over one model never share state).
+
+Objectives (`DeltaConfig.objective`, one per layer): ``delta`` as above; ``features``, the paper's
+feature-distillation baseline, computes a delta frame as ``z_t = g(x_t) + b`` from the frame's own
+input (``b`` the teacher conv's bias), and keeps no keyframe state at all.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .config import OBJECTIVES
 from .gate import GumbelGate
 from .geometry import ConvGeometry
-from .students import Student
+from .students import Student, check_feature_forms
 
 MODES = ("teacher", "clip", "stream")
 
@@ -39,6 +45,46 @@ class DeltaLayer(nn.Module):
         self.cache: dict[str, Any] | None = None
         self.key: bool | Tensor = True
         self.in_hw: tuple[int, int] | None = None
+        self.objective = "delta"
+
+    def _set_objective(self, objective: str) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        self.objective = objective
+
+    def bias_map(self, like: Tensor) -> Tensor | None:
+        """The teacher conv's bias shaped to add to an output like ``like`` (None without a bias)."""
+        b = self.base.bias
+        return None if b is None else b.view(1, -1, *[1] * (like.dim() - 2)).to(like.dtype)
+
+    def _features(self, x: Tensor, g: Callable[[Tensor], Tensor]) -> Tensor:
+        """The feature objective's delta-frame output: ``g(x_t) + b``, from the input itself."""
+        y = g(x)
+        b = self.bias_map(y)
+        if b is None:
+            return y
+        return y.add_(b) if not y.requires_grad else y + b
+
+    def _stream_features(self, x: Tensor, g: Callable[[Tensor], Tensor]) -> Tensor:
+        """Stream mode under the feature objective: keyframes run the teacher conv, delta frames
+        ``g(x_t) + b``. Nothing of the keyframe is kept but its shape (to refuse a resized stream)."""
+        cache = self._cache()
+        key_idx, delta_idx = self._key_split(x)
+        if key_idx is None and delta_idx is None:
+            cache["shape"] = x.shape
+            return self.base(x)
+        if "shape" not in cache:
+            raise RuntimeError("delta frame before any keyframe: the first frame of a stream must be a keyframe")
+        if cache["shape"] != x.shape:
+            raise ValueError(f"frame shape changed mid-stream: keyframe features {tuple(cache['shape'])}, "
+                             f"now {tuple(x.shape)}; call reset() before changing resolution or batch")
+        if key_idx is None:
+            return self._features(x, g)
+        zk = self.base(x[key_idx])
+        z = zk.new_empty((x.shape[0], *zk.shape[1:]))
+        z[key_idx] = zk
+        z[delta_idx] = self._features(x[delta_idx], g)
+        return z
 
     def _see(self, x: Tensor) -> None:
         """Remember the input size (for MAC counting); cheap on the per-frame path."""
@@ -119,10 +165,11 @@ class DeltaConv2d(DeltaLayer):
     """
 
     def __init__(self, base: nn.Conv2d, students: dict[str, Student], tau: float = 1.0,
-                 gate_init: float = 0.0, prefer: str | None = None) -> None:
+                 gate_init: float = 0.0, prefer: str | None = None, objective: str = "delta") -> None:
         super().__init__()
         self.base = base
         self.base.requires_grad_(False)
+        self._set_objective(objective)
         self.set_students(students, gate_init, prefer)
         self.tau = tau
         self.record_true_delta = False
@@ -135,6 +182,8 @@ class DeltaConv2d(DeltaLayer):
         """Hold these students, with a fresh gate only where there are several to choose among."""
         if not students:
             raise ValueError("DeltaConv2d needs at least one student")
+        if self.objective == "features":
+            check_feature_forms(list(students))
         self.students = nn.ModuleDict(students)
         names = list(students)
         self.gate = GumbelGate(len(names), gate_init, names.index(prefer) if prefer in names else None) \
@@ -203,23 +252,33 @@ class DeltaConv2d(DeltaLayer):
         if t == 1:
             return zk
         delta = (xs[:, 1:] - xk.unsqueeze(1)).flatten(0, 1)
-        pred = self.predict_delta(delta)
+        features = self.objective == "features"
+        if features:  # the estimate g(x_t) + b itself, and below the teacher's z_t as its target
+            pred = est = self._features(xs[:, 1:].flatten(0, 1), self.predict_delta)
+        else:
+            pred = self.predict_delta(delta)
         self.last_pred_delta = pred
         if self.record_true_delta:
             tz = self.teacher_out
             if tz is not None and tz.shape[0] == x.shape[0] and tz.shape[1:] == zk.shape[1:]:
-                # the teacher ran on these frames first: its own delta z_t - z_k, so a student also
-                # learns to undo what earlier students got wrong instead of compounding it
+                # the teacher ran on these frames first: its own delta z_t - z_k (or its z_t), so a
+                # student also learns to undo what earlier students got wrong instead of compounding it
                 tz = tz.view(n, t, *tz.shape[1:])
-                self.last_true_delta = (tz[:, 1:] - tz[:, :1]).flatten(0, 1)
+                self.last_true_delta = (tz[:, 1:] if features else tz[:, 1:] - tz[:, :1]).flatten(0, 1)
             else:
                 with torch.no_grad():
-                    self.last_true_delta = self.teacher_linear(delta)
+                    self.last_true_delta = (self.base(xs[:, 1:].flatten(0, 1)) if features
+                                            else self.teacher_linear(delta))
             self.teacher_out = None
-        rest = zk.unsqueeze(1) + pred.view(n, t - 1, *pred.shape[1:])
+        if features:
+            rest = est.view(n, t - 1, *est.shape[1:])
+        else:
+            rest = zk.unsqueeze(1) + pred.view(n, t - 1, *pred.shape[1:])
         return torch.cat([zk.unsqueeze(1), rest], 1).flatten(0, 1)
 
     def _stream(self, x: Tensor) -> Tensor:
+        if self.objective == "features":
+            return self._stream_features(x, self.predict_delta)
         running = None
         if self.gate is None or not self.training:
             student = self.students[self.chosen()]
@@ -234,9 +293,12 @@ class DeployedDeltaConv2d(DeltaLayer):
     full feature maps.
     """
 
-    def __init__(self, base: nn.Conv2d, student: Student, student_name: str) -> None:
+    def __init__(self, base: nn.Conv2d, student: Student, student_name: str, objective: str = "delta") -> None:
         super().__init__()
         self.base = base
+        self._set_objective(objective)
+        if objective == "features":
+            check_feature_forms([student_name])
         self.student = student
         self.student_name = student_name
 
@@ -257,6 +319,8 @@ class DeployedDeltaConv2d(DeltaLayer):
             return self.base(x)
         if self.mode != "stream":
             raise ValueError(f"a deployed layer runs in 'teacher' or 'stream' mode, not {self.mode!r}")
+        if self.objective == "features":  # g(x_t) + b: no c to keep, no keyframe pass of the student
+            return self._stream_features(x, self.student)
         if not self.student.linear:  # g(x_t) - g(x_k) != g(x_t - x_k): keep x_k and z_k instead of c
             return self._stream_from_keyframe(x, self.student, self.student if self.student.running else None)
         cache = self._cache()

@@ -7,7 +7,7 @@ costs are computed analytically from their geometry. What is left out: elementwi
 ``z_k + g(.)``, the subtraction ``x_t - x_k``, BN, activations, resizes, pooling) and bias adds.
 
 A deployed keyframe also runs each linear student once, to store ``c = z_k - g(x_k)``; that is
-counted. A data-dependent student (`SparseStudent`) is counted at its calibrated expectation here;
+counted (not under the feature objective, whose delta frames need nothing of the keyframe). A data-dependent student (`SparseStudent`) is counted at its calibrated expectation here;
 `measured_delta_macs` gives what the last delta frame really cost, which reports use instead.
 """
 
@@ -136,7 +136,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], keyframe_interval
     rows, key_extra = [], 0
     for name, layer in layers:
         rows.append(_layer_row(name, layer))
-        if isinstance(layer, DeployedDeltaConv2d) and layer.student.linear:  # c = z_k - g(x_k)
+        if isinstance(layer, DeployedDeltaConv2d) and layer.student.linear and layer.objective == "delta":
+            # c = z_k - g(x_k); the feature objective keeps no c
             key_extra += rows[-1].delta
     delta = teacher - sum(r.teacher for r in rows) + sum(r.delta for r in rows)
     return MacReport(teacher, teacher + key_extra, delta, keyframe_interval, rows)

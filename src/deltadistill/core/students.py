@@ -40,6 +40,15 @@ def check_names(config: DeltaConfig) -> None:
         raise ValueError(f"unknown student(s) {unknown}; registered: {sorted(STUDENTS)}")
 
 
+def check_feature_forms(names: tuple[str, ...] | list[str]) -> None:
+    """Refuse students with no feature form (`Student.feature_form`) under ``objective="features"``."""
+    none = [n for n in names if n in STUDENTS and not STUDENTS[n].feature_form]
+    if none:
+        have = sorted(n for n, c in STUDENTS.items() if c.feature_form)
+        raise ValueError(f"student(s) {none} have no feature form (nothing to distil from x_t alone): "
+                         f"objective='features' takes only {have}")
+
+
 def register_student(cls: type[Student]) -> type[Student]:
     """Class decorator: make a student available to `DeltaConfig` by its ``name``."""
     STUDENTS[cls.name] = cls
@@ -64,6 +73,10 @@ class Student(nn.Module):
     #: wherever it computes (`SparseStudent`) has no such error, and the first conv, which sees the
     #: frame itself, is a large share of a small network's MACs (12% of selfie's).
     keeps_ends_dense: ClassVar[bool] = True
+    #: False for a student with no form under the feature objective (``z_t = g(x_t) + b``): `ZeroStudent`
+    #: has nothing to train, and the sparse kinds save only by skipping pixels that did not move, which
+    #: ``x_t`` alone does not tell.
+    feature_form: ClassVar[bool] = True
 
     @classmethod
     def unsupported_reason(cls, conv: nn.Conv2d, config: DeltaConfig) -> str | None:
@@ -263,6 +276,7 @@ class ZeroStudent(Student):
 
     name = "zero"
     is_zero = True
+    feature_form = False
 
     def __init__(self, geo: ConvGeometry) -> None:
         super().__init__()
@@ -372,6 +386,7 @@ class SparseStudent(Student):
     linear = False
     data_dependent = True
     keeps_ends_dense = False
+    feature_form = False
 
     def __init__(self, conv: nn.Conv2d, threshold: float = 0.0, density: float = 1.0, weighted: bool = False) -> None:
         super().__init__()
