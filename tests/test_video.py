@@ -176,3 +176,19 @@ def test_a_clip_cut_off_in_the_middle_gives_its_good_frames_and_one_warning(tmp_
         warnings.simplefilter("ignore", VideoWarning)
         ds = VideoClips([cut], clip_len=3, max_interval=3, size=(64, 96))  # training uses the good frames
         assert ds[0].shape == (3, 3, 64, 96)
+
+
+def test_clips_decode_frames_past_a_packet_that_decodes_to_nothing() -> None:
+    """static-hands has 456 packets and 455 frames: the packet order put a position on a frame that never
+    decodes, and frames 0 and 21 together failed ("could not decode frames [21]", which stopped
+    `bench --sparse` calibrating on it). They decode, and they are the frames a plain read gives."""
+    import numpy as np
+
+    from deltadistill.video import default_videos, iter_frames
+    from deltadistill.video.clips import VideoClips
+
+    path = default_videos()["static-hands"]
+    clips = VideoClips([path])
+    got = clips.decode(0, [0, 21, 25])
+    plain = [f for i, f in enumerate(iter_frames(path)) if i in (0, 21, 25)]
+    assert all(np.array_equal(a, b) for a, b in zip(got, plain, strict=True))
