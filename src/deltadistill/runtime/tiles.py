@@ -238,7 +238,8 @@ class TileStream:
                 kinds.setdefault((op, why), []).append(node)
             for (op, why), nodes in kinds.items():
                 more = f" and {len(nodes) - 1} more" if len(nodes) > 1 else ""
-                warnings.warn(f"tile runtime: {op} {nodes[0]!r}{more} run{'' if more else 's'} dense: {why}",
+                what = "" if op == "?" else f"{op} "
+                warnings.warn(f"tile runtime: {what}{nodes[0]!r}{more} run{'' if more else 's'} dense: {why}",
                               stacklevel=3)
         self._fuse()
 
@@ -322,6 +323,8 @@ class TileStream:
             if h is None:
                 return None, "not a window or separable linear map"
             return h, ""
+        if op == "?":  # the TF.js front end does not yet say what its steps are
+            return None, "the graph's front end does not say what this step is (TF.js graphs are not tiled yet)"
         return None, f"no tile handler for {op}"
 
     # ------------------------------------------------------------------ delta frame
