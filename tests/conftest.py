@@ -12,6 +12,16 @@ import torch  # noqa: E402
 from deltadistill.models import TinySegNet  # noqa: E402
 
 
+def free_port() -> int:
+    """A TCP port free on this host now, for a torchrun rendezvous: two test processes run at once, and
+    two torchrun tests on one fixed port collided (EADDRINUSE)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def make_video(frames: int = 6, batch: int = 1, size: int = 48, seed: int = 0) -> list[torch.Tensor]:
     """A smooth random image drifting a little per frame, as in real video."""
     g = torch.Generator().manual_seed(seed)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import deltadistill as dd
 from deltadistill.models import TinySegNet
-from tests.conftest import make_video, trained_bn
+from tests.conftest import free_port, make_video, trained_bn
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, PER_RANK, T, SIZE = 3, 2, 3, 32
@@ -138,7 +138,7 @@ def test_two_ranks_on_half_batches_train_what_one_process_trains_on_the_whole_ba
     trained = [k for k in want if ".students." in k]
     moved = max(float((want[k] - start[k]).abs().max()) for k in trained)
 
-    out = _torchrun(tmp_path, 29531)
+    out = _torchrun(tmp_path, free_port())
     runs = {tag: [load_file(str(out / f"{tag}{r}.safetensors")) for r in (0, 1)] for tag in ("ddp", "broadcast")}
     for tag, (w0, w1) in runs.items():
         assert w0.keys() == want.keys()

@@ -20,7 +20,7 @@ from deltadistill.runtime import export_onnx, read_manifest
 from deltadistill.runtime.onnx_stream import OnnxStream
 from deltadistill.video import VideoClips, VideoWriter, default_videos, iter_frames
 
-from .conftest import make_video
+from .conftest import free_port, make_video
 from .test_demo import cli
 
 
@@ -275,7 +275,7 @@ def test_run_shards_videos_over_torchrun_and_a_rerun_skips_what_is_done(tmp_path
     out = tmp_path / "out"
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "deltadistill", "run", "--teacher", "selfie", "--video", str(clips[0]), "--videos-from",
            str(listing), "--out-dir", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root, env=env)

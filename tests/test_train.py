@@ -16,7 +16,7 @@ import deltadistill as dd
 from deltadistill.models import TinySegNet
 from deltadistill.train.losses import CostModel, distill_loss
 from deltadistill.video import default_videos
-from tests.conftest import make_video, trained_bn
+from tests.conftest import free_port, make_video, trained_bn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,7 +175,7 @@ def test_cli_distill_with_calibration(tmp_path) -> None:
 def test_torchrun_two_processes_agree(tmp_path) -> None:
     """2 ranks, gloo, a few steps on real video; each rank dumps its weights and they must be identical."""
     out = tmp_path / "ddp"
-    r = _cli("torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "deltadistill",
+    r = _cli("torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "deltadistill",
              "distill", "--teacher", "tinyseg", "--videos", str(default_videos()["bikes"]), "--out", str(out),
              "--steps", "3", "--size", "48", "--workers", "0", "--checkpoint-every", "3",
              timeout=300, env={"DELTADISTILL_DUMP_RANK_WEIGHTS": "1", "OMP_NUM_THREADS": "1"})
