@@ -91,10 +91,10 @@ def rival_lower_res(teacher: nn.Module, frames: Sequence[np.ndarray], teacher_pr
                     score: Callable[[list[Any]], float], single: Callable[[Any], Any], accuracy: float,
                     budget_ms: float, engine: str, *, scale: float = 1.0, align: int = 64,
                     threads: int | None = None) -> dict[str, Any]:
-    """``accuracy.rival_lower_res``: the teacher at the largest smaller size that runs within the delta
-    model's amortised ``budget_ms`` on ``engine``, scored against the full teacher like the model.
-    Where even the smallest size does not fit, ``input_size`` is None and the rival is the smallest
-    size's score (a generous rival: it runs over budget)."""
+    """``accuracy.rival_lower_res``: the teacher at the largest size (its own, or smaller in steps of
+    ``align``) that runs within the delta model's amortised ``budget_ms`` on ``engine``, scored against
+    the full teacher like the model. Where even the smallest size does not fit, the rival is scored at
+    the smallest size all the same (a generous rival: it runs over budget), and ``words`` says so."""
     size, timed = fitting_size(teacher, budget_ms, engine, scale=scale, align=align, threads=threads)
     words = None
     if size is None:
