@@ -129,6 +129,8 @@ def stream(args: argparse.Namespace) -> dict:
     import subprocess
 
     from deltadistill.apps.bench import sparse_model
+    from deltadistill.apps.lower_res import rival_lower_res
+    from deltadistill.measure.rival import rival_equal_time
     from deltadistill.measure import margin_needed
     from deltadistill.runtime.fastest import dense_runner
     from deltadistill.runtime.tiles import TileConv, TileStream
@@ -141,8 +143,9 @@ def stream(args: argparse.Namespace) -> dict:
                        value_range=teacher.input_range, fit="letterbox")
     model = sparse_model(teacher, clips, args.level, clips=args.clips) if args.level > 0 else teacher
     ov = dense_runner(teacher, "openvino", size, threads=args.threads)
-    frames = [teacher.preprocess(f) for f in iter_frames(vids["static-hands"], size=size, start=args.start,
-                                                         stop=args.start + args.frames)]
+    raw = list(iter_frames(vids["static-hands"], size=size, start=args.start, stop=args.start + args.frames))
+    frames = [teacher.preprocess(f) for f in raw]
+    refs: list[torch.Tensor] = []  # OpenVINO's mask per frame, (H, W): the reference and the rivals' source
     base = {"dense_level": args.dense_level, "tile": args.tile, "threshold_scale": args.threshold_scale,
             "reference": args.reference, "keyframe_engine": args.keyframe_engine, "delta_threads": args.delta_threads}
     variants = dict(_variant(v) for v in args.variant) if args.variant else {"tiles": {}}
@@ -182,6 +185,7 @@ def stream(args: argparse.Namespace) -> dict:
                 for k, v in acc.items():
                     by_stride[name].setdefault(k, []).append(v)
         row["rival_miou"] = _miou(key_out, ref)
+        refs.append(ref.reshape(ref.shape[-2:]).clone())
         per.append(row)
         load.append(os.getloadavg()[0])
         print(f"{i:3d} {'K' if row['key'] else ' '} ov {ov_ms:7.1f} ms  " + "  ".join(
@@ -189,6 +193,9 @@ def stream(args: argparse.Namespace) -> dict:
             + f"  (rival {row['rival_miou']:.4f})", flush=True)
     ov_ms = statistics.median(p["ov_ms"] for p in per)
     rival = statistics.mean(p["rival_miou"] for p in per)
+
+    def score(preds: list[torch.Tensor]) -> float:
+        return statistics.mean(_miou(a, b) for a, b in zip(preds, refs, strict=True))
     out: dict = {}
     for name in streams:
         v = [p["v"][name] for p in per]
@@ -212,6 +219,13 @@ def stream(args: argparse.Namespace) -> dict:
             "miou": miou, "beats_rival": miou >= rival + margin_needed(rival) - 1e-12,
             "delta_ms_by_stride": {k: statistics.mean(x) for k, x in sorted(by_stride[name].items())},
         }
+        if args.rivals:  # the two free rivals at the variant's own amortised time
+            out[name]["rival_equal_time"] = rival_equal_time(refs, score, ov_ms, amortised, miou)
+            out[name]["rival_lower_res"] = rival_lower_res(teacher, raw, refs, score, lambda p: p[0], miou, amortised,
+                                                           "openvino", scale=1.0, threads=args.threads)
+            print(name, {k: out[name][k] for k in ("speedup_vs_fastest_dense", "miou")},
+                  {r: {k: out[name][r].get(k) for k in ("interval", "input_size", "value", "margin_needed", "beats")}
+                   for r in ("rival_equal_time", "rival_lower_res")}, flush=True)
     res = {
         "command": "python benchmarks/bench_tiles.py stream " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()
@@ -288,6 +302,8 @@ def main() -> None:
     s.add_argument("--variant", nargs="*", help="name=key:value,... (TileStream arguments over the flags'), "
                    "each run on every frame, interleaved")
     s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--rivals", action="store_true", help="also score the rivals at each variant's own time: the "
+                   "keyframe repeated every K_t frames, and the teacher at the largest smaller size that fits")
     s.add_argument("--json", type=Path)
     f = sub.add_parser("figure")
     f.add_argument("files", nargs="+")

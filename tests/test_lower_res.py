@@ -54,8 +54,11 @@ def _frames(size: tuple[int, int], n: int = 3) -> list[np.ndarray]:
 
 
 def test_smaller_sizes_keep_the_aspect_in_steps_of_64() -> None:
-    """Largest first, multiples of 64, the width following the height."""
-    assert smaller_sizes((384, 512)) == [(320, 448), (256, 320), (192, 256), (128, 192), (64, 64)]
+    """Largest area first, multiples of 64, the width rounded both ways at each height (256x384 has more
+    pixels than 256x320, and the rival deserves them)."""
+    assert smaller_sizes((384, 512)) == [(320, 448), (320, 384), (256, 384), (256, 320), (192, 256), (128, 192),
+                                         (128, 128), (64, 128), (64, 64)]
+    assert smaller_sizes((256, 256)) == [(192, 192), (128, 128), (64, 64)]
     assert smaller_sizes((64, 64)) == []
 
 
@@ -101,6 +104,6 @@ def test_the_rival_takes_the_largest_size_the_budget_allows() -> None:
     rich = rival_lower_res(teacher, frames, full, score, lambda p: p[0], 0.95, float("inf"), "torch")
     assert rich["input_size"] == [128, 192] and rich["value"] == pytest.approx(1.0) and not rich["beats"]
     poor = rival_lower_res(teacher, frames, full, score, lambda p: p[0], 0.95, 0.0, "torch")
-    assert poor["input_size"] == [64, 128] and "takes longer" in poor["words"]
-    assert [t["input_size"] for t in poor["timed"]] == [[128, 192], [64, 128]]
+    assert poor["input_size"] == [64, 64] and "takes longer" in poor["words"]
+    assert [t["input_size"] for t in poor["timed"]] == [[128, 192], [64, 128], [64, 64]]
     assert poor["beats"] == (0.95 >= poor["value"] + poor["margin_needed"])

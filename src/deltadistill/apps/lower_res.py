@@ -10,6 +10,8 @@ dense time on the fastest engine fits the delta model's amortised time.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -23,15 +25,17 @@ from ..runtime.fastest import _resized, dense_runner, median_ms
 
 
 def smaller_sizes(size: tuple[int, int], align: int = 64) -> list[tuple[int, int]]:
-    """Sizes below ``size`` in its aspect, sides multiples of ``align`` (at least ``align``), largest
-    first; the height steps by ``align`` and the width follows, rounded to ``align``."""
+    """Sizes below ``size`` near its aspect, sides multiples of ``align`` (at least ``align``), largest
+    area first: the height steps by ``align``, and the width takes both of its roundings to ``align``
+    (at 256 for 384x512, 320 and 384: the rival is the best a user could run, not an accident of rounding)."""
     h, w = size
     out: list[tuple[int, int]] = []
     for hh in range((h - 1) // align * align, align - 1, -align):
-        ww = max(align, round(w * hh / h / align) * align)
-        if (hh, ww) != tuple(size) and (hh, ww) not in out and ww <= w:
-            out.append((hh, ww))
-    return out
+        exact = w * hh / h / align
+        for ww in {max(align, math.floor(exact) * align), max(align, math.ceil(exact) * align)}:
+            if (hh, ww) != tuple(size) and (hh, ww) not in out and ww <= w:
+                out.append((hh, ww))
+    return sorted(out, key=lambda s: (-s[0] * s[1], -s[0]))
 
 
 def fitting_size(teacher: nn.Module, budget_ms: float, engine: str, *, scale: float = 1.0, align: int = 64,
