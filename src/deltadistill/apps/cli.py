@@ -250,6 +250,8 @@ def bench(
                                 "itself rerun only on boxes around what moved (needs no delta model); tiles: a "
                                 "sparse model's delta frames computed only at the pixels its thresholds pass"),
     threshold_scale: float = typer.Option(1.0, min=0.0, help="--runtime tiles: a factor on every layer's threshold"),
+    guard: float = typer.Option(1.0, min=0.0, help="--runtime tiles: where tiles cost more than this times the "
+                                "fastest dense teacher, run it instead until the input quiets (0: tiles always)"),
     crop_threshold: float = typer.Option(0.05, min=0.0, help="--runtime crop: a tile is recomputed once a pixel "
                                          "moved this far (share of the input's range; 0.05 is 13 grey levels)"),
     margin: int = typer.Option(0, min=0, help="--runtime crop: context around each box, input pixels "
@@ -330,7 +332,7 @@ def bench(
                                       backend=backend,
                                       scene_cut=scene_cut or None, runtime=runtime,
                                       crop={"threshold": crop_threshold, "margin": margin or None, "reach": reach,
-                                            "threshold_scale": threshold_scale},
+                                            "threshold_scale": threshold_scale, "guard": guard},
                                       engines=ENGINES if fastest else None, target=target,
                                       rate={"mode": rate_mode})
         if sweep:
@@ -414,6 +416,8 @@ def run(
                                 "around what moved (torch or openvino); tiles: a sparse model's delta frames "
                                 "computed only at the pixels its thresholds pass (torch)"),
     threshold_scale: float = typer.Option(1.0, min=0.0, help="--runtime tiles: a factor on every layer's threshold"),
+    guard: float = typer.Option(1.0, min=0.0, help="--runtime tiles: where tiles cost more than this times the "
+                                "fastest dense teacher, run it instead until the input quiets (0: tiles always)"),
     crop_threshold: float = typer.Option(0.05, min=0.0, help="--runtime crop: how far a pixel must move for its "
                                          "tile to be recomputed (share of the input's range)"),
     keyframe_interval: int = typer.Option(4, min=1),
@@ -496,7 +500,8 @@ def run(
                              target=target, rate={"mode": rate_mode},
                              jsonl=lines, threads=threads or None, scene_cut=scene_cut or None,
                              progress=len(videos) == 1, backend=backend, runtime=runtime,
-                             crop={"threshold": crop_threshold, "threshold_scale": threshold_scale},
+                             crop={"threshold": crop_threshold, "threshold_scale": threshold_scale,
+                                   "guard": guard},
                              background=background)
 
         if len(videos) == 1 and out_dir is None and not render:

@@ -394,11 +394,14 @@ class TiledStream(_TeacherCosted):
     """A sparse delta model's delta frames computed only at the pixels its thresholds pass
     (`tiles.TileStream`), in time. Its options are `TileStream`'s: ``threshold_scale``,
     ``dense_level``, ``tile``, ``reference``, ``delta_threads``, ``keyframe_engine`` (OpenVINO where
-    installed)."""
+    installed); and ``guard`` (`tile_guard.GuardedTiles`, default 1): where tiles cost more than that
+    times the fastest dense teacher (OpenVINO at the run's size where installed), frames run it
+    instead, until the input quiets (0: tiles always)."""
 
     name = "tiles"
     backends = ("torch",)
-    option_names = ("threshold_scale", "dense_level", "tile", "reference", "delta_threads", "keyframe_engine")
+    option_names = ("threshold_scale", "dense_level", "tile", "reference", "delta_threads", "keyframe_engine",
+                    "guard")
 
     def __init__(self, setup: StreamSetup) -> None:
         from .tiles import TileStream
@@ -407,11 +410,19 @@ class TiledStream(_TeacherCosted):
             raise RuntimeChoiceError("the tiles runtime runs a sparse delta model: give --model or --sparse")
         self.setup = setup
         options = dict(setup.options)
-        if "keyframe_engine" not in options:  # keyframes on OpenVINO where it is installed: ~2x its dense time
-            import importlib.util  # against 4-8x in torch (BENCHMARKS.md, the tile runtime's second pass)
+        guard = float(options.pop("guard", 1.0) or 0.0)
+        import importlib.util
 
-            options["keyframe_engine"] = "openvino" if importlib.util.find_spec("openvino") else "torch"
+        engine = "openvino" if importlib.util.find_spec("openvino") else "torch"
+        if "keyframe_engine" not in options:  # keyframes on OpenVINO where it is installed: ~2x its dense time
+            options["keyframe_engine"] = engine  # against 4-8x in torch (BENCHMARKS.md, second pass)
         self.stream = TileStream(setup.model, setup.policy(), **options)
+        if guard > 0:
+            from .fastest import dense_runner
+            from .tile_guard import GuardedTiles
+
+            self.stream = GuardedTiles(self.stream, dense_runner(setup.teacher, engine, setup.size,
+                                                                 threads=setup.threads), guard=guard)
         self.model = setup.model
         self.measured = True
         self._teacher = teacher_macs(setup.teacher, setup.size)
@@ -423,8 +434,11 @@ class TiledStream(_TeacherCosted):
 
     def settings(self) -> dict[str, Any] | None:
         s = self.stream
-        return {"threshold_scale": s.threshold_scale, "dense_level": s.dense_level, "tile": s.tile,
-                "dense_ops": [f"{op} {node}: {why}" for _, op, node, why in s.fallbacks]}
+        out = {"threshold_scale": s.threshold_scale, "dense_level": s.dense_level, "tile": s.tile,
+               "dense_ops": [f"{op} {node}: {why}" for _, op, node, why in s.fallbacks]}
+        if hasattr(s, "counts"):  # the guard: frames per mode, and how often tiles gave way
+            out["guard"] = {"guard": s.guard, **s.counts}
+        return out
 
     def stages(self) -> dict[str, float] | None:
         if self.last_key:

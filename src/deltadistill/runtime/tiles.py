@@ -98,8 +98,9 @@ class TileStream:
     ``reference``: ``"last"`` (CBinfer: a conv's threshold test is against the input it last used) or
     ``"keyframe"`` (the sparse student's rule, against the keyframe's input: the same outputs as the
     model under `DeltaStream`). ``delta_threads``: torch threads during a delta frame (the keyframe keeps
-    the caller's); its ops are small, and on a shared host a 2-thread region waits for a descheduled
-    thread at every barrier (None: the caller's). ``matmul_threads``: threads for a conv's large gathered
+    the caller's; None, the default: the caller's too). On a quiet host 2 threads made delta frames 1.4x
+    faster; on a shared host a 2-thread region waits for a descheduled thread at every barrier, and 1
+    was 1.3-10x faster (BENCHMARKS.md, the tile runtime's levers). ``matmul_threads``: threads for a conv's large gathered
     matmuls and dense fallbacks (`tile_conv.PARALLEL_MACS`; None: ``delta_threads``). ``box``: a conv
     whose reached outputs fill at least ``1 / box`` of their bounding box runs the stock conv over the
     box (0: never). ``deep_scale``: ``(stride, scale)``, a further multiplier on the thresholds of convs
@@ -111,7 +112,7 @@ class TileStream:
 
     def __init__(self, model: nn.Module, keyframe: KeyframePolicy | int = 8, *, threshold_scale: float = 1.0,
                  dense_level: float = 0.5, tile: int = 1, warn: bool = True, reference: str = "last",
-                 delta_threads: int | None = 1, matmul_threads: int | None = None, box: float = 0.0,
+                 delta_threads: int | None = None, matmul_threads: int | None = None, box: float = 0.0,
                  deep_scale: tuple[int, float] | None = None, keyframe_engine: str = "torch") -> None:
         if reference not in ("last", "keyframe"):
             raise TileError(f"reference must be 'last' or 'keyframe', got {reference!r}")

@@ -1,0 +1,111 @@
+"""Tiles where they pay, the fastest dense teacher where they do not.
+
+A tile runtime's delta frame costs time in proportion to what moved; its keyframe, which must fill
+every map the delta frames read, costs about 2.2x the fastest dense teacher (BENCHMARKS.md, the
+tile runtime's passes). Where the whole picture moves (a panning camera, `bikes`), delta frames
+cost more than the dense teacher, and the stream would be 2x slower than simply running it.
+
+`GuardedTiles` runs the dense teacher (exact, no maps kept) there instead. It starts dense (that
+frame also times the dense teacher); enters tiles with a keyframe while the input is quiet; and goes
+back to dense when a delta frame, or a whole keyframe interval, costs more than ``guard`` times the
+dense teacher. The input's change at that trip (`stream.policies.frame_change`, its mean over the
+tiled frames) sets how quiet the input must be to enter again: ``quiet`` times it, lowered by
+``quiet`` again each time a re-entry trips at once. After ``probe`` dense frames in a row it tries
+tiles again whatever the input does, so that a trip on a passing load spike does not lock tiles out.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+
+from ..stream.policies import frame_change
+from .tiles import TileStream
+
+
+class GuardedTiles:
+    """A `TileStream` behind a dense fallback, with the same call: ``stream(frame) -> outputs``.
+
+    ``dense``: the fastest dense teacher as a callable on the frame (its outputs shaped as the tile
+    stream's). ``guard``: the cost over the dense teacher's at which tiles give way (1: as soon as
+    they stop saving time). ``clock``: seconds (tests pass a scripted one). ``last_mode`` is
+    ``"dense"``, ``"key"`` or ``"delta"``; ``last_key`` is True for the first two (the teacher's
+    whole output was computed).
+    """
+
+    def __init__(self, tiles: TileStream, dense: Callable[[Tensor], Any], *, guard: float = 1.0,
+                 quiet: float = 0.5, probe: int = 64, clock: Callable[[], float] = time.perf_counter) -> None:
+        if guard <= 0 or not 0 < quiet < 1 or probe < 1:
+            raise ValueError(f"guard must be > 0, quiet in (0, 1) and probe >= 1, got {guard}, {quiet} and {probe}")
+        self.tiles, self.dense, self.guard, self.quiet, self.clock = tiles, dense, guard, quiet, clock
+        self.probe = probe
+        self.reset()
+
+    def reset(self) -> None:
+        self.tiles.reset()
+        self.mode = "dense"  # the first frame runs dense: it times the dense teacher
+        self.entry = float("inf")  # the input change below which tiles are tried
+        self.dense_ms: list[float] = []
+        self.interval_ms: list[float] = []  # the current keyframe interval's frames, in tiles
+        self.interval_change: list[float] = []
+        self.prev: Tensor | None = None
+        self.last_mode = "dense"
+        self.tripped_at_once = False
+        self.dense_run = 0  # dense frames in a row since the last trip
+        #: frames per mode, and trips: what the report prints
+        self.counts = {"dense": 0, "key": 0, "delta": 0, "trips": 0}
+
+    @property
+    def last_key(self) -> bool:
+        return self.last_mode != "delta"
+
+    def __getattr__(self, name: str) -> Any:  # the tile stream's figures (last_macs, handlers, ...)
+        if name == "tiles":
+            raise AttributeError(name)
+        return getattr(self.tiles, name)
+
+    def _trip(self, change: float, at_once: bool) -> None:
+        self.entry = self.quiet * change if not (at_once and self.tripped_at_once) else self.entry * self.quiet
+        self.tripped_at_once = at_once
+        self.mode = "dense"
+        self.counts["trips"] += 1
+
+    def __call__(self, frame: Tensor) -> Any:
+        change = float(frame_change(self.prev, frame)[0]) if self.prev is not None else 0.0
+        self.prev = frame
+        if self.mode == "dense" and self.dense_ms and (change < self.entry or self.dense_run >= self.probe):
+            self.mode, self.dense_run, self.interval_ms, self.interval_change = "tiles", 0, [], []
+            self.tiles.reset()  # a keyframe: every map filled afresh
+        t0 = self.clock()
+        if self.mode == "dense":
+            out = self.dense(frame)
+            self.dense_ms = [*self.dense_ms[-7:], (self.clock() - t0) * 1e3]
+            self.last_mode = "dense"
+            self.counts["dense"] += 1
+            self.dense_run += 1
+            return out
+        out = self.tiles(frame)
+        ms = (self.clock() - t0) * 1e3
+        self.last_mode = "key" if self.tiles.last_key else "delta"
+        self.counts[self.last_mode] += 1
+        if self.tiles.last_key:
+            self.interval_ms, self.interval_change = [ms], []
+            return out
+        self.interval_ms.append(ms)
+        self.interval_change.append(change)
+        budget = self.guard * statistics.median(self.dense_ms)
+        if ms > budget:  # this delta frame alone costs more than the teacher
+            self._trip(statistics.mean(self.interval_change), at_once=len(self.interval_ms) == 2)
+        elif self._interval_done() and statistics.mean(self.interval_ms) > budget:
+            self._trip(statistics.mean(self.interval_change), at_once=False)
+        return out
+
+    def _interval_done(self) -> bool:
+        """Whether the next frame would be the tile stream's keyframe (its policy is asked ahead only
+        for `EveryK`; other policies are judged frame by frame)."""
+        k = getattr(self.tiles.policy, "k", None)
+        return k is not None and self.tiles.step % k == 0
