@@ -228,8 +228,8 @@ def stream(args: argparse.Namespace) -> dict:
                    for r in ("rival_equal_time", "rival_lower_res")}, flush=True)
     res = {
         "command": "python benchmarks/bench_tiles.py stream " + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()
-            if k not in ("cmd", "json") and v is not None),
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(v) if isinstance(v, list) else v}")
+            for k, v in vars(args).items() if k not in ("cmd", "json") and v is not None and v is not False),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | cut -d: -f2"], capture_output=True,
                                   text=True).stdout.strip() + f", {os.cpu_count()} cores shared with other jobs",
