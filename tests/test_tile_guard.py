@@ -11,6 +11,7 @@ import torch
 
 from deltadistill.runtime.tile_guard import GuardedTiles
 from deltadistill.runtime.tiles import TileStream
+from deltadistill.stream import SceneCut
 
 from .test_tiles import H, W, clip, isnet_like, sparse_model
 
@@ -34,7 +35,7 @@ class Clock:
         return self.t
 
 
-def guarded(ms: dict, threshold: float = 0.0, k: int = 4, **kw) -> tuple[GuardedTiles, Clock, torch.nn.Module]:
+def guarded(ms: dict, threshold: float = 0.0, k: int | SceneCut = 4, **kw) -> tuple[GuardedTiles, Clock, torch.nn.Module]:
     teacher = isnet_like()
     tiles = TileStream(sparse_model(isnet_like(), threshold), k, warn=False)
     clock = Clock(ms)
@@ -95,14 +96,15 @@ def test_a_delta_frame_dearer_than_the_teacher_gives_way_to_it() -> None:
     assert g.entry == pytest.approx(0.5 * 0.05, rel=1e-4)
 
 
-def test_a_whole_interval_dearer_than_the_teacher_gives_way() -> None:
+@pytest.mark.parametrize("policy", [4, SceneCut(4, threshold=10.0)], ids=["every-k", "scene-cut"])
+def test_a_whole_interval_dearer_than_the_teacher_gives_way(policy) -> None:
     """Delta frames at 0.9x are each cheaper than the teacher, but with a 2.2x keyframe the interval
     (K=4) averages 1.23x: the guard trips at its end rather than take the next keyframe. At 0.5x the
     interval averages 0.93x and tiles go on."""
     frames = uniform([0.3 * 1.05 ** t for t in range(8)])
-    g, clock, _ = guarded({"dense": 10.0, "key": 22.0, "delta": 9.0})
+    g, clock, _ = guarded({"dense": 10.0, "key": 22.0, "delta": 9.0}, k=policy)
     assert run(g, clock, frames) == ["dense", "key", "delta", "delta", "delta", "dense", "dense", "dense"]
-    g, clock, _ = guarded({"dense": 10.0, "key": 22.0, "delta": 5.0})
+    g, clock, _ = guarded({"dense": 10.0, "key": 22.0, "delta": 5.0}, k=policy)
     assert run(g, clock, frames) == ["dense", "key", "delta", "delta", "delta", "key", "delta", "delta"]
 
 

@@ -105,7 +105,8 @@ class GuardedTiles:
         return out
 
     def _interval_done(self) -> bool:
-        """Whether the next frame would be the tile stream's keyframe (its policy is asked ahead only
-        for `EveryK`; other policies are judged frame by frame)."""
+        """Whether the keyframe interval that began with the last keyframe is whole: the policy's ``k``
+        frames (`EveryK`, `SceneCut`, which count from their own last keyframe), so that the next frame
+        would be a keyframe; policies without a ``k`` are judged frame by frame only."""
         k = getattr(self.tiles.policy, "k", None)
-        return k is not None and self.tiles.step % k == 0
+        return k is not None and len(self.interval_ms) >= k
