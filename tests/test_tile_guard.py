@@ -138,6 +138,19 @@ def test_after_probe_dense_frames_tiles_are_tried_again() -> None:
     assert run(g, clock, frames) == ["dense", "key", "delta", "dense", "dense", "dense", "key", "delta", "dense"]
 
 
+def test_the_dense_engines_first_run_is_not_its_time() -> None:
+    """An engine's first run sets itself up (OpenVINO: seconds); timed, it would make every delta frame
+    look cheap. The first frame runs the teacher twice and times the second."""
+    teacher = isnet_like()
+    calls = []
+    clock = Clock({"dense": 10.0, "key": 22.0, "delta": 15.0})
+    g = GuardedTiles(TileStream(sparse_model(isnet_like(), 0.0), 4, warn=False),
+                     lambda x: calls.append(1) or teacher(x), clock=clock)
+    clock.stream = g
+    run(g, clock, uniform([0.3, 0.31]))
+    assert len(calls) == 2 and g.dense_ms == [10.0]
+
+
 def test_bad_settings_are_one_line() -> None:
     tiles = TileStream(sparse_model(isnet_like(), 0.0), 4, warn=False)
     with pytest.raises(ValueError, match="guard must be > 0"):

@@ -6,9 +6,9 @@ tile runtime's passes). Where the whole picture moves (a panning camera, `bikes`
 cost more than the dense teacher, and the stream would be 2x slower than simply running it.
 
 `GuardedTiles` runs the dense teacher (exact, no maps kept) there instead. It starts dense (that
-frame also times the dense teacher); enters tiles with a keyframe while the input is quiet; and goes
-back to dense when a delta frame, or a whole keyframe interval, costs more than ``guard`` times the
-dense teacher. The input's change at that trip (`stream.policies.frame_change`, its mean over the
+frame also times the dense teacher, after one untimed run that sets its engine up); enters tiles
+with a keyframe while the input is quiet; and goes back to dense when a delta frame, or a whole
+keyframe interval, costs more than ``guard`` times the dense teacher. The input's change at that trip (`stream.policies.frame_change`, its mean over the
 tiled frames) sets how quiet the input must be to enter again: ``quiet`` times it, lowered by
 ``quiet`` again each time a re-entry trips at once. After ``probe`` dense frames in a row it tries
 tiles again whatever the input does, so that a trip on a passing load spike does not lock tiles out.
@@ -80,6 +80,8 @@ class GuardedTiles:
         if self.mode == "dense" and self.dense_ms and (change < self.entry or self.dense_run >= self.probe):
             self.mode, self.dense_run, self.interval_ms, self.interval_change = "tiles", 0, [], []
             self.tiles.reset()  # a keyframe: every map filled afresh
+        if self.mode == "dense" and not self.dense_ms:
+            self.dense(frame)  # the engine's first run sets itself up: not the teacher's time
         t0 = self.clock()
         if self.mode == "dense":
             out = self.dense(frame)
