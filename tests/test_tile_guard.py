@@ -99,13 +99,16 @@ def test_a_delta_frame_dearer_than_the_teacher_gives_way_to_it() -> None:
 @pytest.mark.parametrize("policy", [4, SceneCut(4, threshold=10.0)], ids=["every-k", "scene-cut"])
 def test_a_whole_interval_dearer_than_the_teacher_gives_way(policy) -> None:
     """Delta frames at 0.9x are each cheaper than the teacher, but with a 2.2x keyframe the interval
-    (K=4) averages 1.23x: the guard trips at its end rather than take the next keyframe. At 0.5x the
-    interval averages 0.93x and tiles go on."""
-    frames = uniform([0.3 * 1.05 ** t for t in range(8)])
+    (K=4) averages 1.23x: the guard trips at its end rather than take the next keyframe. The first
+    keyframe built the stream (its time is set-up, OpenVINO's compile among it), so the first interval
+    is judged on its delta frames alone and goes on. At 0.5x an interval averages 0.93x: tiles go on."""
+    frames = uniform([0.3 * 1.05 ** t for t in range(10)])
     g, clock, _ = guarded({"dense": 10.0, "key": 22.0, "delta": 9.0}, k=policy)
-    assert run(g, clock, frames) == ["dense", "key", "delta", "delta", "delta", "dense", "dense", "dense"]
+    assert run(g, clock, frames) == ["dense", "key", "delta", "delta", "delta", "key", "delta", "delta", "delta",
+                                     "dense"]
     g, clock, _ = guarded({"dense": 10.0, "key": 22.0, "delta": 5.0}, k=policy)
-    assert run(g, clock, frames) == ["dense", "key", "delta", "delta", "delta", "key", "delta", "delta"]
+    assert run(g, clock, frames) == ["dense", "key", "delta", "delta", "delta", "key", "delta", "delta", "delta",
+                                     "key"]
 
 
 def test_a_quiet_input_brings_tiles_back_with_a_keyframe() -> None:

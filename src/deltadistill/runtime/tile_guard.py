@@ -50,7 +50,8 @@ class GuardedTiles:
         self.mode = "dense"  # the first frame runs dense: it times the dense teacher
         self.entry = float("inf")  # the input change below which tiles are tried
         self.dense_ms: list[float] = []
-        self.interval_ms: list[float] = []  # the current keyframe interval's frames, in tiles
+        self.interval_ms: list[float] = []  # the current keyframe interval's delta frames
+        self.key_ms: float | None = None  # its keyframe's (None: it built the stream, set-up not cost)
         self.interval_change: list[float] = []
         self.prev: Tensor | None = None
         self.last_mode = "dense"
@@ -78,7 +79,7 @@ class GuardedTiles:
         change = float(frame_change(self.prev, frame)[0]) if self.prev is not None else 0.0
         self.prev = frame
         if self.mode == "dense" and self.dense_ms and (change < self.entry or self.dense_run >= self.probe):
-            self.mode, self.dense_run, self.interval_ms, self.interval_change = "tiles", 0, [], []
+            self.mode, self.dense_run = "tiles", 0
             self.tiles.reset()  # a keyframe: every map filled afresh
         if self.mode == "dense" and not self.dense_ms:
             self.dense(frame)  # the engine's first run sets itself up: not the teacher's time
@@ -90,19 +91,22 @@ class GuardedTiles:
             self.counts["dense"] += 1
             self.dense_run += 1
             return out
+        building = not self.tiles.built  # the first keyframe builds the handlers (and compiles): set-up
         out = self.tiles(frame)
         ms = (self.clock() - t0) * 1e3
         self.last_mode = "key" if self.tiles.last_key else "delta"
         self.counts[self.last_mode] += 1
         if self.tiles.last_key:
-            self.interval_ms, self.interval_change = [ms], []
+            self.interval_ms, self.interval_change = [], []
+            self.key_ms = None if building else ms
             return out
         self.interval_ms.append(ms)
         self.interval_change.append(change)
         budget = self.guard * statistics.median(self.dense_ms)
+        spent = self.interval_ms if self.key_ms is None else [self.key_ms, *self.interval_ms]
         if ms > budget:  # this delta frame alone costs more than the teacher
-            self._trip(statistics.mean(self.interval_change), at_once=len(self.interval_ms) == 2)
-        elif self._interval_done() and statistics.mean(self.interval_ms) > budget:
+            self._trip(statistics.mean(self.interval_change), at_once=len(self.interval_ms) == 1)
+        elif self._interval_done() and statistics.mean(spent) > budget:
             self._trip(statistics.mean(self.interval_change), at_once=False)
         return out
 
@@ -111,4 +115,4 @@ class GuardedTiles:
         frames (`EveryK`, `SceneCut`, which count from their own last keyframe), so that the next frame
         would be a keyframe; policies without a ``k`` are judged frame by frame only."""
         k = getattr(self.tiles.policy, "k", None)
-        return k is not None and len(self.interval_ms) >= k
+        return k is not None and 1 + len(self.interval_ms) >= k

@@ -138,6 +138,11 @@ class TileStream:
         self.teacher_macs = 0
         self.reset()
 
+    @property
+    def built(self) -> bool:
+        """Whether a keyframe has built the handlers (the first one also compiles: set-up, not cost)."""
+        return self._built_for is not None
+
     def reset(self) -> None:
         self.step = 0
         #: kept when an OpenVINO keyframe will refill it: its constants and shapes come from the build
