@@ -158,3 +158,16 @@ def test_bad_settings_are_one_line() -> None:
     tiles = TileStream(sparse_model(isnet_like(), 0.0), 4, warn=False)
     with pytest.raises(ValueError, match="guard must be > 0"):
         GuardedTiles(tiles, lambda x: x, guard=0)
+
+
+def test_a_guarded_stream_is_amortised_by_the_mean_of_its_frames() -> None:
+    """Its frames follow no K (dense, keyframes and delta frames as time decides), so (key + (K-1) delta)
+    / K would weigh them wrongly: here 2 dense frames at 10, 1 keyframe at 22, 5 delta frames at 2 after
+    a warm-up of 2 frames. The formula's K=4 gives (10 + 3 x 2) / 4 = 4; the frames cost 52 / 8."""
+    from deltadistill.apps.evaluate import Comparison
+
+    ms = [99.0, 99.0, 10.0, 10.0, 22.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    keys = [True, True, True, True, True, False, False, False, False, False]
+    by_k = Comparison(4, ms_delta=ms, is_key=keys, warmup=2)
+    by_mean = Comparison(4, ms_delta=ms, is_key=keys, warmup=2, by_mean=True)
+    assert by_k.delta_ms == pytest.approx(4.0) and by_mean.delta_ms == pytest.approx(52 / 8)

@@ -77,5 +77,6 @@ def test_bench_with_the_guard_on_stays_exact_and_reports_its_modes(tmp_path) -> 
     report, _ = evaluate_on_video(teacher, _sparse(teacher, 0.0), video, keyframe_interval=4, start=64, stop=76,
                                   progress=False, engines=None, runtime="tiles", crop={"keyframe_engine": "torch"})
     assert report["accuracy"]["value"] == 1.0
+    assert "mean of every frame" in report["detail"]["timing"]  # its frames follow no K
     g = report["tiles"]["guard"]
     assert g["guard"] == 1.0 and g["dense"] >= 1 and g["dense"] + g["key"] + g["delta"] >= 12

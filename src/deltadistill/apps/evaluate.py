@@ -37,6 +37,9 @@ class Comparison:
     teacher_preds: list[Any] = field(default_factory=list)
     delta_preds: list[Any] = field(default_factory=list)
     warmup: int = 0
+    #: amortise by the mean of every timed frame, not (key + (K-1) delta) / K: for a stream that chooses
+    #: per frame what to run (the tile runtime's dense guard), whose frames follow no K
+    by_mean: bool = False
     #: per delta frame: did the delta model return its keyframe's raw output again, bit for bit?
     repeated_key: list[bool] = field(default_factory=list)
     #: per frame, under a policy other than `EveryK`, `stream.frame_change` from the frame before (0 for
@@ -94,7 +97,10 @@ class Comparison:
 
     @property
     def delta_ms(self) -> float:
-        """Amortised ms per frame of the delta model over one keyframe cycle."""
+        """Amortised ms per frame of the delta model over one keyframe cycle (or, ``by_mean``, over every
+        frame after warm-up)."""
+        if self.by_mean:
+            return statistics.fmean(self._timed(self.ms_delta))
         k = self.keyframe_interval
         return (self.key_ms + (k - 1) * self.delta_frame_ms) / k
 
@@ -151,7 +157,7 @@ def compare(
     if compile:  # both or neither: the ratio must compare like with like
         teacher = torch.compile(teacher)
         warmup = max(warmup, 2 * keyframe_interval + 1)  # a second keyframe may still recompile
-    result = Comparison(keyframe_interval, warmup=warmup)
+    result = Comparison(keyframe_interval, warmup=warmup, by_mean=bool(getattr(stream, "amortised_by_mean", False)))
     prev: torch.Tensor | None = None
     track_changes = policy is not None and not isinstance(policy, EveryK)
     try:

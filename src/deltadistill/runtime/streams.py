@@ -96,6 +96,8 @@ class FrameStream:
 
     setup: StreamSetup
     last_key: bool = True
+    #: whether reports amortise its time by the mean of its frames (it chooses per frame what to run)
+    amortised_by_mean: bool = False
     #: the torch model whose MACs and bytes reports count (None: the teacher itself runs)
     model: nn.Module | None = None
     #: whether each delta frame's MACs depend on the data (reports then count them frame by frame)
@@ -423,6 +425,7 @@ class TiledStream(_TeacherCosted):
 
             self.stream = GuardedTiles(self.stream, dense_runner(setup.teacher, engine, setup.size,
                                                                  threads=setup.threads), guard=guard)
+            self.amortised_by_mean = True  # its frames follow no K: reports amortise by the mean
         self.model = setup.model
         self.measured = True
         self._teacher = teacher_macs(setup.teacher, setup.size)

@@ -103,6 +103,9 @@ class OpenVinoKeyframe:
             rows = torch.empty(hw[0] * hw[1], hw[2])
             self.request.set_output_tensor(i, ov.Tensor(rows.numpy().reshape(1, *hw), shared_memory=True))
             self.rows.append(rows)
+        # the first inference sets OpenVINO's kernels up (2-3 s for IS-Net): done here, in the keyframe
+        # that builds the stream, not in the next one, where it would read as a keyframe's cost
+        self.request.infer({0: example.detach().contiguous().numpy()})
 
     def run(self, x: Tensor, env: list[Slot]) -> None:
         self.request.infer({0: x.detach().contiguous().numpy()})
