@@ -80,3 +80,18 @@ def test_bench_with_the_guard_on_stays_exact_and_reports_its_modes(tmp_path) -> 
     assert "mean of every frame" in report["detail"]["timing"]  # its frames follow no K
     g = report["tiles"]["guard"]
     assert g["guard"] == 1.0 and g["dense"] >= 1 and g["dense"] + g["key"] + g["delta"] >= 12
+
+
+def test_bench_with_a_frame_rate_reports_what_it_held(tmp_path) -> None:
+    """`--fps` end to end: at 1 fps the small teacher alone is in time (and exact), so every frame runs
+    it; the report gives the target, what was held, and the rate a still input could reach."""
+    _small_dynamic_net(tmp_path / "net.onnx")
+    teacher = from_onnx(tmp_path / "net.onnx", input_size=(144, 176)).eval()
+    video = default_videos()["static-hands"]
+    report, _ = evaluate_on_video(teacher, _sparse(teacher, 0.05), video, keyframe_interval=4, start=64, stop=76,
+                                  progress=False, engines=None, runtime="tiles",
+                                  crop={"keyframe_engine": "torch", "fps": 1.0})
+    rate, guard = report["tiles"]["rate"], report["tiles"]["guard"]
+    assert rate["fps"] == 1.0 and rate["held"] and rate["achieved_fps"] > 1.0 and rate["reachable_fps"] > 1.0
+    assert guard["key"] == guard["delta"] == 0 and guard["dense"] >= 12
+    assert report["accuracy"]["value"] == 1.0

@@ -76,6 +76,16 @@ def _teacher(name: str, input_size: Optional[str], value_range: Optional[str], t
     return resolve_teacher(name, input_size=size, value_range=vr, task=task, frame_size=frame)
 
 
+def _fps_needs_tiles(fps: float, runtime: str) -> float | None:
+    """``--fps`` holds time with the tile runtime's thresholds: it means nothing to another runtime."""
+    from deltadistill.runtime.streams import RuntimeChoiceError
+
+    if fps and runtime != "tiles":
+        raise RuntimeChoiceError(f"--fps needs --runtime tiles (got --runtime {runtime}); "
+                                 "--target holds a MAC ratio on any runtime")
+    return fps or None
+
+
 def _fail(e: BaseException) -> None:
     typer.secho(f"error: {e}", fg="red", err=True)
     raise typer.Exit(2)
@@ -252,6 +262,8 @@ def bench(
     threshold_scale: float = typer.Option(1.0, min=0.0, help="--runtime tiles: a factor on every layer's threshold"),
     guard: float = typer.Option(1.0, min=0.0, help="--runtime tiles: where tiles cost more than this times the "
                                 "fastest dense teacher, run it instead until the input quiets (0: tiles always)"),
+    fps: float = typer.Option(0.0, min=0.0, help="--runtime tiles: hold this frame rate on measured time, "
+                              "turning every threshold (refused at once where it cannot be held; 0: off)"),
     crop_threshold: float = typer.Option(0.05, min=0.0, help="--runtime crop: a tile is recomputed once a pixel "
                                          "moved this far (share of the input's range; 0.05 is 13 grey levels)"),
     margin: int = typer.Option(0, min=0, help="--runtime crop: context around each box, input pixels "
@@ -274,6 +286,7 @@ def bench(
     try:
         from deltadistill.files import check_output_file
 
+        _fps_needs_tiles(fps, runtime)
         for flag, path in (("--json", json_out), ("--render", render)):
             if path is not None:
                 check_output_file(path, flag)  # before any work: a bad path must not cost a whole run
@@ -332,7 +345,8 @@ def bench(
                                       backend=backend,
                                       scene_cut=scene_cut or None, runtime=runtime,
                                       crop={"threshold": crop_threshold, "margin": margin or None, "reach": reach,
-                                            "threshold_scale": threshold_scale, "guard": guard},
+                                            "threshold_scale": threshold_scale, "guard": guard,
+                                            "fps": _fps_needs_tiles(fps, runtime)},
                                       engines=ENGINES if fastest else None, target=target,
                                       rate={"mode": rate_mode})
         if sweep:
@@ -418,6 +432,8 @@ def run(
     threshold_scale: float = typer.Option(1.0, min=0.0, help="--runtime tiles: a factor on every layer's threshold"),
     guard: float = typer.Option(1.0, min=0.0, help="--runtime tiles: where tiles cost more than this times the "
                                 "fastest dense teacher, run it instead until the input quiets (0: tiles always)"),
+    fps: float = typer.Option(0.0, min=0.0, help="--runtime tiles: hold this frame rate on measured time, "
+                              "turning every threshold (refused at once where it cannot be held; 0: off)"),
     crop_threshold: float = typer.Option(0.05, min=0.0, help="--runtime crop: how far a pixel must move for its "
                                          "tile to be recomputed (share of the input's range)"),
     keyframe_interval: int = typer.Option(4, min=1),
@@ -447,6 +463,7 @@ def run(
         if backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         _check_options(threads, rate_mode, scene_cut=scene_cut, crop_threshold=crop_threshold)
+        _fps_needs_tiles(fps, runtime)
         from deltadistill.video import BACKGROUNDS
 
         if background is not None and background not in BACKGROUNDS:  # before the teacher loads
@@ -501,7 +518,7 @@ def run(
                              jsonl=lines, threads=threads or None, scene_cut=scene_cut or None,
                              progress=len(videos) == 1, backend=backend, runtime=runtime,
                              crop={"threshold": crop_threshold, "threshold_scale": threshold_scale,
-                                   "guard": guard},
+                                   "guard": guard, "fps": _fps_needs_tiles(fps, runtime)},
                              background=background)
 
         if len(videos) == 1 and out_dir is None and not render:

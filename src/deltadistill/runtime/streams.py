@@ -398,12 +398,14 @@ class TiledStream(_TeacherCosted):
     ``dense_level``, ``tile``, ``reference``, ``delta_threads``, ``keyframe_engine`` (OpenVINO where
     installed); and ``guard`` (`tile_guard.GuardedTiles`, default 1): where tiles cost more than that
     times the fastest dense teacher (OpenVINO at the run's size where installed), frames run it
-    instead, until the input quiets (0: tiles always)."""
+    instead, until the input quiets (0: tiles always); ``fps``: a frame rate to hold on measured time
+    (`tile_rate.FrameRate`, the threshold scale as the knob), refused before any work where even a
+    still input could not reach it."""
 
     name = "tiles"
     backends = ("torch",)
     option_names = ("threshold_scale", "dense_level", "tile", "reference", "delta_threads", "keyframe_engine",
-                    "guard")
+                    "guard", "fps")
 
     def __init__(self, setup: StreamSetup) -> None:
         from .tiles import TileStream
@@ -413,23 +415,31 @@ class TiledStream(_TeacherCosted):
         self.setup = setup
         options = dict(setup.options)
         guard = float(options.pop("guard", 1.0) or 0.0)
+        fps = float(options.pop("fps", None) or 0.0)
         import importlib.util
 
         engine = "openvino" if importlib.util.find_spec("openvino") else "torch"
         if "keyframe_engine" not in options:  # keyframes on OpenVINO where it is installed: ~2x its dense time
             options["keyframe_engine"] = engine  # against 4-8x in torch (BENCHMARKS.md, second pass)
         self.stream = TileStream(setup.model, setup.policy(), **options)
-        if guard > 0:
+        if guard > 0 or fps > 0:
             from .fastest import dense_runner
             from .tile_guard import GuardedTiles
+            from .tile_rate import FrameRate, RateError
 
+            try:
+                rate = FrameRate(fps, setup.keyframe_interval) if fps > 0 else None
+            except RateError as e:
+                raise RuntimeChoiceError(f"--fps: {e}") from e
             self.stream = GuardedTiles(self.stream, dense_runner(setup.teacher, engine, setup.size,
-                                                                 threads=setup.threads), guard=guard)
+                                                                 threads=setup.threads),
+                                       guard=guard if guard > 0 else float("inf"), rate=rate)
             self.amortised_by_mean = True  # its frames follow no K: reports amortise by the mean
+            if rate is not None:
+                self._check_rate(fps, setup)
         self.model = setup.model
         self.measured = True
         self._teacher = teacher_macs(setup.teacher, setup.size)
-
 
     def account(self) -> float | None:
         return self._teacher if self.last_key else self.stream.last_macs
@@ -441,7 +451,41 @@ class TiledStream(_TeacherCosted):
                "dense_ops": [f"{op} {node}: {why}" for _, op, node, why in s.fallbacks]}
         if hasattr(s, "counts"):  # the guard: frames per mode, and how often tiles gave way
             out["guard"] = {"guard": s.guard, **s.counts}
+        if getattr(s, "rate", None) is not None:
+            out["rate"] = {**s.rate.report(), "reachable_fps": self.reachable}
         return out
+
+    @torch.no_grad()
+    def _check_rate(self, fps: float, setup: StreamSetup) -> None:
+        """Before any work: the dense teacher's time, and the tile stream's on a still grey frame (a
+        keyframe, then a delta frame in which nothing moved). Refuses, in one line, a rate that neither
+        reaches."""
+        import time
+
+        from .tile_rate import reachable_fps
+
+        g, k = self.stream, setup.keyframe_interval
+        x = torch.full((1, 3, *setup.size), 0.5)
+
+        def timed(fn: Callable[[Tensor], Any]) -> float:
+            t0 = time.perf_counter()
+            fn(x)
+            return (time.perf_counter() - t0) * 1e3
+
+        g.dense(x)
+        dense_ms = timed(g.dense)
+        g.tiles.reset()
+        g.tiles(x)  # builds the handlers (and compiles the OpenVINO keyframe): set-up
+        g.tiles.reset()
+        key_ms = timed(g.tiles)
+        floor_ms = timed(g.tiles)
+        g.reset()
+        self.reachable = max(reachable_fps(key_ms, floor_ms, k), 1000.0 / dense_ms)
+        if fps > self.reachable:
+            raise RuntimeChoiceError(
+                f"--fps {fps:g} cannot be held here: at most {self.reachable:.1f} fps (the dense teacher "
+                f"{dense_ms:.0f} ms a frame; tiles on a still frame: a {key_ms:.0f} ms keyframe every {k} frames "
+                f"and {floor_ms:.0f} ms between)")
 
     def stages(self) -> dict[str, float] | None:
         if self.last_key:

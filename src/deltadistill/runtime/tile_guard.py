@@ -12,6 +12,10 @@ keyframe interval, costs more than ``guard`` times the dense teacher. The input'
 tiled frames) sets how quiet the input must be to enter again: ``quiet`` times it, lowered by
 ``quiet`` again each time a re-entry trips at once. After ``probe`` dense frames in a row it tries
 tiles again whatever the input does, so that a trip on a passing load spike does not lock tiles out.
+
+With a frame-rate target (``rate``, `tile_rate.FrameRate`: ``--fps``) the dense teacher runs every
+frame where it alone holds the rate (it is exact); elsewhere the tile stream's threshold scale is
+turned after each delta frame to hold it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from torch import Tensor
 
 from ..stream.policies import frame_change
+from .tile_rate import FrameRate
 from .tiles import TileStream
 
 
@@ -38,15 +43,20 @@ class GuardedTiles:
     """
 
     def __init__(self, tiles: TileStream, dense: Callable[[Tensor], Any], *, guard: float = 1.0,
-                 quiet: float = 0.5, probe: int = 64, clock: Callable[[], float] = time.perf_counter) -> None:
+                 quiet: float = 0.5, probe: int = 64, rate: FrameRate | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         if guard <= 0 or not 0 < quiet < 1 or probe < 1:
             raise ValueError(f"guard must be > 0, quiet in (0, 1) and probe >= 1, got {guard}, {quiet} and {probe}")
         self.tiles, self.dense, self.guard, self.quiet, self.clock = tiles, dense, guard, quiet, clock
-        self.probe = probe
+        self.probe, self.rate = probe, rate
+        self.base_scale = tiles.threshold_scale
         self.reset()
 
     def reset(self) -> None:
         self.tiles.reset()
+        if self.rate is not None:
+            self.rate.reset()
+            self.tiles.set_threshold_scale(self.base_scale)
         self.mode = "dense"  # the first frame runs dense: it times the dense teacher
         self.entry = float("inf")  # the input change below which tiles are tried
         self.dense_ms: list[float] = []
@@ -78,7 +88,10 @@ class GuardedTiles:
     def __call__(self, frame: Tensor) -> Any:
         change = float(frame_change(self.prev, frame)[0]) if self.prev is not None else 0.0
         self.prev = frame
-        if self.mode == "dense" and self.dense_ms and (change < self.entry or self.dense_run >= self.probe):
+        dense_holds = self.rate is not None and bool(self.dense_ms) and \
+            statistics.median(self.dense_ms) <= self.rate.target_ms  # exact, and in time: nothing to win
+        if self.mode == "dense" and self.dense_ms and not dense_holds and (
+                change < self.entry or self.dense_run >= self.probe):
             self.mode, self.dense_run = "tiles", 0
             self.tiles.reset()  # a keyframe: every map filled afresh
         if self.mode == "dense" and not self.dense_ms:
@@ -87,15 +100,22 @@ class GuardedTiles:
         if self.mode == "dense":
             out = self.dense(frame)
             self.dense_ms = [*self.dense_ms[-7:], (self.clock() - t0) * 1e3]
+            if self.rate is not None:
+                self.rate.record(self.dense_ms[-1], "dense")
             self.last_mode = "dense"
             self.counts["dense"] += 1
             self.dense_run += 1
             return out
         building = not self.tiles.built  # the first keyframe builds the handlers (and compiles): set-up
+        plan = self.rate.plan_ms() if self.rate is not None else None
         out = self.tiles(frame)
         ms = (self.clock() - t0) * 1e3
         self.last_mode = "key" if self.tiles.last_key else "delta"
         self.counts[self.last_mode] += 1
+        if self.rate is not None and not building:
+            scale = self.rate.record(ms, self.last_mode, plan)
+            if self.last_mode == "delta":
+                self.tiles.set_threshold_scale(self.base_scale * scale)
         if self.tiles.last_key:
             self.interval_ms, self.interval_change = [], []
             self.key_ms = None if building else ms

@@ -143,6 +143,14 @@ class TileStream:
         """Whether a keyframe has built the handlers (the first one also compiles: set-up, not cost)."""
         return self._built_for is not None
 
+    def set_threshold_scale(self, scale: float) -> None:
+        """Every conv's threshold at ``scale`` times the model's, from the next delta frame on: the knob
+        a time target turns (`tile_rate`)."""
+        self.threshold_scale = float(scale)
+        for h in self.handlers:
+            if isinstance(h, TileConv):
+                h.threshold = h.unit_threshold * self.threshold_scale
+
     def reset(self) -> None:
         self.step = 0
         #: kept when an OpenVINO keyframe will refill it: its constants and shapes come from the build
@@ -294,13 +302,13 @@ class TileStream:
             pads = conv_pads(rule.conv, attrs, src.hw)
             if pads is None:
                 return None, "padding it cannot read"
-            scale = self.threshold_scale
+            unit = rule.threshold  # the threshold at threshold_scale 1
             frame = env[self.graph._input_slots[0]].hw
             if self.deep_scale is not None and frame is not None and round(frame[0] / out.hw[0]) >= self.deep_scale[0]:
-                scale *= self.deep_scale[1]
-            h = TileConv(mod, rule.conv, ins, outs, pads, src.hw, out.hw, rule.threshold * scale,
+                unit *= self.deep_scale[1]
+            h = TileConv(mod, rule.conv, ins, outs, pads, src.hw, out.hw, unit * self.threshold_scale,
                          rule.weights, self.dense_level, self.tile, self.reference)
-            h.mm_threads, h.box = self.matmul_threads, self.box
+            h.mm_threads, h.box, h.unit_threshold = self.matmul_threads, self.box, unit
             if rule.conv.groups != 1:
                 return h, ""  # grouped: the rule holds, the kernel is the dense one (TileConv.delta)
             h.key(env)
