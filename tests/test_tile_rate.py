@@ -139,3 +139,19 @@ def test_the_cli_refuses_fps_off_the_tile_runtime_and_rates_out_of_reach(tmp_pat
     far = runner.invoke(app, [*base, "--runtime", "tiles", "--fps", "1000000"])
     assert far.exit_code == 2 and "cannot be held here: at most" in far.output
     assert len([line for line in far.output.splitlines() if line.startswith("error")]) == 1
+
+
+def test_under_a_rate_tiles_give_way_only_when_the_knob_is_at_its_end() -> None:
+    """Delta frames at 60 ms over the scale against a 50 ms teacher: without a rate the guard trips on
+    the first; at 40 fps the knob turns instead (no trip while it can), and once it is at its end
+    (64x) the delta frames cost less than the teacher, so tiles stay."""
+    clock = ScaleClock(dense=50, key=100, delta=60)
+    g = guarded_rate(40, clock)
+    for x in still_clip(60):
+        g(x)
+    assert g.counts["trips"] == 0 and g.counts["delta"] > 40 and g.tiles.threshold_scale > 3
+    clock = ScaleClock(dense=50, key=100, delta=60 * 64)
+    g = guarded_rate(40, clock)
+    for x in still_clip(40):
+        g(x)
+    assert g.counts["trips"] >= 1 and g.rate.scale == g.rate.max_scale

@@ -15,7 +15,8 @@ tiles again whatever the input does, so that a trip on a passing load spike does
 
 With a frame-rate target (``rate``, `tile_rate.FrameRate`: ``--fps``) the dense teacher runs every
 frame where it alone holds the rate (it is exact); elsewhere the tile stream's threshold scale is
-turned after each delta frame to hold it.
+turned after each delta frame to hold it, and tiles give way to the dense teacher only once the
+scale is at its end and they still cost more than it.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ class GuardedTiles:
             return out
         self.interval_ms.append(ms)
         self.interval_change.append(change)
+        if self.rate is not None and self.rate.scale < self.rate.max_scale:
+            return out  # under a rate the knob decides; tiles give way only once it is at its end
         budget = self.guard * statistics.median(self.dense_ms)
         spent = self.interval_ms if self.key_ms is None else [self.key_ms, *self.interval_ms]
         if ms > budget:  # this delta frame alone costs more than the teacher
