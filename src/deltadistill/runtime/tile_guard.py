@@ -87,6 +87,9 @@ class GuardedTiles:
         self.counts["trips"] += 1
 
     def __call__(self, frame: Tensor) -> Any:
+        if self.mode == "dense" and not self.dense_ms:
+            self.dense(frame)  # the engine's first run sets itself up: not the teacher's time
+        t0 = self.clock()  # the whole frame, the guard's own work too, is what a rate must hold
         change = float(frame_change(self.prev, frame)[0]) if self.prev is not None else 0.0
         self.prev = frame
         dense_holds = self.rate is not None and bool(self.dense_ms) and \
@@ -95,9 +98,6 @@ class GuardedTiles:
                 change < self.entry or self.dense_run >= self.probe):
             self.mode, self.dense_run = "tiles", 0
             self.tiles.reset()  # a keyframe: every map filled afresh
-        if self.mode == "dense" and not self.dense_ms:
-            self.dense(frame)  # the engine's first run sets itself up: not the teacher's time
-        t0 = self.clock()
         if self.mode == "dense":
             out = self.dense(frame)
             self.dense_ms = [*self.dense_ms[-7:], (self.clock() - t0) * 1e3]

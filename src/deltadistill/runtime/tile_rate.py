@@ -31,7 +31,7 @@ class FrameRate:
     ``window`` frames, what `held` judges (within ``tolerance`` of the target).
     """
 
-    def __init__(self, fps: float, k: int, *, window: int = 32, gain: float = 0.25, min_scale: float = 0.125,
+    def __init__(self, fps: float, k: int, *, window: int = 32, gain: float = 0.5, min_scale: float = 0.125,
                  max_scale: float = 64.0, step: float = 2.0, tolerance: float = 0.1) -> None:
         if fps <= 0 or k < 2 or window < 2:
             raise RateError(f"fps must be > 0, the keyframe interval >= 2 and the window >= 2, got {fps}, {k}, {window}")
