@@ -99,12 +99,18 @@ def still_clip(n: int) -> list[torch.Tensor]:
     return [clip(2)[0]] * n
 
 
-def test_where_the_dense_teacher_holds_the_rate_it_runs_every_frame() -> None:
-    """At 10 fps a 50 ms teacher is in time and exact: no tiles at all."""
-    g = guarded_rate(10, ScaleClock(dense=50, key=100, delta=30))
+@pytest.mark.parametrize("fps", [10.0, 21.0])
+def test_where_the_dense_teacher_holds_the_rate_it_runs_every_frame(fps: float) -> None:
+    """At 10 fps a 50 ms teacher is in time and exact: no tiles at all; at 21 fps its 20 fps are within
+    the 10% a rate is held to, so likewise. At 25 fps tiles run."""
+    g = guarded_rate(fps, ScaleClock(dense=50, key=100, delta=30))
     for x in still_clip(20):
         g(x)
     assert g.counts["dense"] == 20 and g.counts["key"] == g.counts["delta"] == 0
+    g = guarded_rate(25.0, ScaleClock(dense=50, key=100, delta=30))
+    for x in still_clip(20):
+        g(x)
+    assert g.counts["dense"] == 1 and g.counts["key"] + g.counts["delta"] == 19
 
 
 def test_in_the_guarded_stream_the_scale_turns_to_hold_the_rate() -> None:

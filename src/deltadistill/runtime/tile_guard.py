@@ -14,7 +14,7 @@ tiled frames) sets how quiet the input must be to enter again: ``quiet`` times i
 tiles again whatever the input does, so that a trip on a passing load spike does not lock tiles out.
 
 With a frame-rate target (``rate``, `tile_rate.FrameRate`: ``--fps``) the dense teacher runs every
-frame where it alone holds the rate (it is exact); elsewhere the tile stream's threshold scale is
+frame where it alone holds the rate, within the rate's tolerance (it is exact); elsewhere the tile stream's threshold scale is
 turned after each delta frame to hold it, and tiles give way to the dense teacher only once the
 scale is at its end and they still cost more than it.
 """
@@ -93,7 +93,7 @@ class GuardedTiles:
         change = float(frame_change(self.prev, frame)[0]) if self.prev is not None else 0.0
         self.prev = frame
         dense_holds = self.rate is not None and bool(self.dense_ms) and \
-            statistics.median(self.dense_ms) <= self.rate.target_ms  # exact, and in time: nothing to win
+            statistics.median(self.dense_ms) <= self.rate.target_ms / (1 - self.rate.tolerance)  # exact, in time
         if self.mode == "dense" and self.dense_ms and not dense_holds and (
                 change < self.entry or self.dense_run >= self.probe):
             self.mode, self.dense_run = "tiles", 0
