@@ -483,6 +483,7 @@ class TiledStream(_TeacherCosted):
             keys.append(timed(g.tiles))
             floors.append(timed(g.tiles))
         key_ms, floor_ms = statistics.median(keys), statistics.median(floors)
+        g.seed_dense_ms = [dense_ms] * 3
         g.reset()
         self.reachable = max(reachable_fps(key_ms, floor_ms, k), 1000.0 / dense_ms)
         if fps > self.reachable:

@@ -51,6 +51,9 @@ class GuardedTiles:
         self.tiles, self.dense, self.guard, self.quiet, self.clock = tiles, dense, guard, quiet, clock
         self.probe, self.rate = probe, rate
         self.base_scale = tiles.threshold_scale
+        #: the dense teacher's ms as measured before the stream (`TiledStream`'s rate check): every reset
+        #: starts from it, so that one frame's time does not decide alone
+        self.seed_dense_ms: list[float] = []
         self.reset()
 
     def reset(self) -> None:
@@ -60,7 +63,7 @@ class GuardedTiles:
             self.tiles.set_threshold_scale(self.base_scale)
         self.mode = "dense"  # the first frame runs dense: it times the dense teacher
         self.entry = float("inf")  # the input change below which tiles are tried
-        self.dense_ms: list[float] = []
+        self.dense_ms: list[float] = list(self.seed_dense_ms)
         self.interval_ms: list[float] = []  # the current keyframe interval's delta frames
         self.key_ms: float | None = None  # its keyframe's (None: it built the stream, set-up not cost)
         self.interval_change: list[float] = []
@@ -87,14 +90,14 @@ class GuardedTiles:
         self.counts["trips"] += 1
 
     def __call__(self, frame: Tensor) -> Any:
-        if self.mode == "dense" and not self.dense_ms:
+        if self.mode == "dense" and self.counts["dense"] == 0 and not self.seed_dense_ms:
             self.dense(frame)  # the engine's first run sets itself up: not the teacher's time
         t0 = self.clock()  # the whole frame, the guard's own work too, is what a rate must hold
         change = float(frame_change(self.prev, frame)[0]) if self.prev is not None else 0.0
         self.prev = frame
         dense_holds = self.rate is not None and bool(self.dense_ms) and \
             statistics.median(self.dense_ms) <= self.rate.target_ms / (1 - self.rate.tolerance)  # exact, in time
-        if self.mode == "dense" and self.dense_ms and not dense_holds and (
+        if self.mode == "dense" and self.counts["dense"] and not dense_holds and (
                 change < self.entry or self.dense_run >= self.probe):
             self.mode, self.dense_run = "tiles", 0
             self.tiles.reset()  # a keyframe: every map filled afresh
