@@ -130,8 +130,8 @@ def stream(args: argparse.Namespace) -> dict:
 
     from deltadistill.apps.bench import sparse_model
     from deltadistill.apps.lower_res import rival_lower_res
-    from deltadistill.measure.rival import rival_equal_time
     from deltadistill.measure import margin_needed
+    from deltadistill.measure.rival import rival_equal_time
     from deltadistill.runtime.fastest import dense_runner
     from deltadistill.runtime.tiles import TileConv, TileStream
     from deltadistill.video import VideoClips, default_videos, iter_frames

@@ -5,8 +5,6 @@ The controller is checked on a plant whose delta frames cost less as the scale g
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -16,7 +14,7 @@ from deltadistill.runtime.tile_guard import GuardedTiles
 from deltadistill.runtime.tile_rate import FrameRate, RateError, reachable_fps
 from deltadistill.runtime.tiles import TileStream
 
-from .test_tiles import H, W, clip, isnet_like, sparse_model
+from .test_tiles import clip, isnet_like, sparse_model
 
 
 def plant(rate: FrameRate | None, frames: int, k: int = 8, key: float = 100.0, delta_at_1: float = 30.0) -> list[float]:
@@ -131,8 +129,9 @@ def test_in_the_guarded_stream_the_scale_turns_to_hold_the_rate() -> None:
 
 def test_the_cli_refuses_fps_off_the_tile_runtime_and_rates_out_of_reach(tmp_path) -> None:
     """One line, exit 2, before any video work: --fps on the dense runtime; a rate no still frame reaches."""
-    from .test_onnx_import import _small_dynamic_net
     from deltadistill.video import default_videos
+
+    from .test_onnx_import import _small_dynamic_net
 
     _small_dynamic_net(tmp_path / "net.onnx")
     videos = default_videos()

@@ -11,7 +11,6 @@ dense time on the fastest engine fits the delta model's amortised time.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
