@@ -106,6 +106,11 @@ def choose_students(teacher: nn.Module, clips: VideoClips, budget: float, n: int
     return {c.name: [c.student, c.rank] for c in cal.layers}
 
 
+#: each layer's kernel split, SVD-initialised once per run and copied into every model (the SVD does not depend
+#: on the objective; IS-Net's 103 splits take minutes each time on a shared 2-core machine)
+_SPLITS: dict[tuple[str, int], CompressedStudent] = {}
+
+
 def build(teacher: nn.Module, objective: str, choices: dict[str, list]) -> nn.Module:
     """The chosen architecture, every kernel split initialised by the plain SVD of the teacher's weights."""
     config = dd.DeltaConfig(student="compressed", objective=objective)
@@ -116,8 +121,12 @@ def build(teacher: nn.Module, objective: str, choices: dict[str, list]) -> nn.Mo
     for name, (kind, rank) in choices.items():
         layer = layers[name]
         assert isinstance(layer, DeltaConv2d)
-        student = (CompressedStudent.from_teacher(layer.base, config, rank=rank) if kind == "compressed"
-                   else STUDENTS[kind].from_teacher(layer.base, config))
+        if kind == "compressed":
+            if (name, rank) not in _SPLITS:
+                _SPLITS[name, rank] = CompressedStudent.from_teacher(layer.base, config, rank=rank)
+            student = copy.deepcopy(_SPLITS[name, rank])
+        else:
+            student = STUDENTS[kind].from_teacher(layer.base, config)
         layer.set_students({kind: student})
     return model
 
@@ -125,9 +134,9 @@ def build(teacher: nn.Module, objective: str, choices: dict[str, list]) -> nn.Mo
 def trained(teacher: nn.Module, objective: str, choices: dict[str, list], clips: VideoClips, out: Path,
             args: argparse.Namespace) -> nn.Module:
     """Distil (or resume, or reload when finished) one objective's model in ``out``."""
-    model = build(teacher, objective, choices)
     if (out / "result.json").is_file():
         return dd.load(copy.deepcopy(teacher), out / "model")
+    model = build(teacher, objective, choices)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "command.json"  # every command that ran this training, resumed ones included
     runs = json.loads(log.read_text())["runs"] if log.is_file() else []
