@@ -8,15 +8,16 @@ cost more than the dense teacher, and the stream would be 2x slower than simply 
 `GuardedTiles` runs the dense teacher (exact, no maps kept) there instead. It starts dense (that
 frame also times the dense teacher, after one untimed run that sets its engine up); enters tiles
 with a keyframe while the input is quiet; and goes back to dense when a delta frame, or a whole
-keyframe interval, costs more than ``guard`` times the dense teacher. The input's change at that trip (`stream.policies.frame_change`, its mean over the
-tiled frames) sets how quiet the input must be to enter again: ``quiet`` times it, lowered by
-``quiet`` again each time a re-entry trips at once. After ``probe`` dense frames in a row it tries
-tiles again whatever the input does, so that a trip on a passing load spike does not lock tiles out.
+keyframe interval, costs more than ``guard`` times the dense teacher. The input's change at that
+trip (`stream.policies.frame_change`, its mean over the tiled frames) sets how quiet the input must
+be to enter again: ``quiet`` times it, lowered by ``quiet`` again each time a re-entry trips at
+once. After ``probe`` dense frames in a row it tries tiles again whatever the input does, so that a
+trip on a passing load spike does not lock tiles out.
 
 With a frame-rate target (``rate``, `tile_rate.FrameRate`: ``--fps``) the dense teacher runs every
-frame where it alone holds the rate, within the rate's tolerance (it is exact); elsewhere the tile stream's threshold scale is
-turned after each delta frame to hold it, and tiles give way to the dense teacher only once the
-scale is at its end and they still cost more than it.
+frame where it alone holds the rate within the rate's tolerance (it is exact); elsewhere the tile
+stream's threshold scale is turned after each delta frame to hold it, and tiles give way to the
+dense teacher only once the scale is at its end and they still cost more than it.
 """
 
 from __future__ import annotations
