@@ -231,12 +231,14 @@ def body(args: argparse.Namespace, results: dict[str, Any]) -> str:
     counts: dict[str, int] = {}
     for kind, _ in results["choices"].values():
         counts[kind] = counts.get(kind, 0) + 1
+    nframes = {v: {r["frames"] for key, r in scores.items() if key.split("|")[1] == v} for v in EVAL}
+    seen = ", ".join(f"{v}: frames 0-{max(n) - 1}" for v, n in nframes.items() if n)
     lines = [f"{args.teacher}: students chosen once by `dd.calibrate` (kernel splits of any rank, or the full "
              f"conv; first and last conv dense) at a delta-frame budget of {s['budget']:g} of the teacher's MACs "
              f"({counts}), every split re-initialised by the plain SVD of the teacher's weights. Both objectives "
              f"trained {s['steps']} steps from that same start (AdamW, lr {s['lr']:g}, seed 0, clips of 3 frames up "
              f"to 7 apart, {s['train_size'] or 'full-size'} crops) on {', '.join(TRAIN)}; scored on "
-             f"{' and '.join(EVAL)}, which no model saw. Scene-cut keyframes off. MAC ratios measured, "
+             f"{' and '.join(EVAL)} ({seen}), which no model saw. Scene-cut keyframes off. MAC ratios measured, "
              "keyframes counted (a deployed delta-form keyframe also runs each student once, for "
              "`c = z_k - g(x_k)`; a feature-form one does not). TC: temporal consistency (flow-warped "
              "agreement of consecutive outputs), teacher / model.", "",
