@@ -256,7 +256,8 @@ def body(args: argparse.Namespace, results: dict[str, Any]) -> str:
         lines.append(f"| {LABEL[row]} | {v} | {k} | {r['mac_ratio']:.2f}x | {r['metric']} {r['accuracy']:.3f} | "
                      f"{r['tc_teacher']:.3f} / {r['tc_model']:.3f} | {riv['value']:.3f} (K={riv['interval']:.2f}) | "
                      f"{verdict} | {PREDICTION[args.teacher][row]} |")
-    lines += ["", "The trained models (checkpoints and `command.json` in `runs/claims/TEACHER/OBJECTIVE`):"]
+    where = os.path.relpath(args.out.resolve(), ROOT)
+    lines += ["", f"The trained models (checkpoints and `command.json` in `{where}/{args.teacher}/OBJECTIVE`):"]
     for row in ("features", "delta"):
         log = args.out / args.teacher / row / "command.json"
         if log.is_file():
