@@ -62,19 +62,30 @@ ROWS = ("svd", "features", "delta", "sparse")
 LABEL = {"svd": "kernel split, SVD init only (no training)", "features": "kernel split, feature-distilled",
          "delta": "kernel split, delta-distilled", "sparse": "sparse (today's best near 2x)"}
 
-#: written before the first run (git history dates it), shown beside what was measured
+#: per teacher, written before that teacher's first run (git history dates each), shown beside what was measured
 PREDICTION = {
-    "svd": "recovers under 5% of the output's change (as low-rank students did in notes 12-20): accuracy "
-           "about that of repeating keyframes, below the rival at equal MACs",
-    "features": "far below delta-distilled (claim 1 holds, by 0.2 or more): a low-rank g(x_t) loses part "
-                "of every feature and 40-odd such errors compound; TC well below the teacher's",
-    "delta": "above SVD only by 0.01-0.05, still below the rival at equal MACs (no low-rank student has "
-             "beaten it yet); TC at or above the teacher's",
-    "sparse": "beats the rival on bikes (as in the README), draws or loses on static-hands (note 33)",
-}
-#: per teacher where it differs from selfie's, written before that teacher's first run
-PREDICTIONS = {
-    "selfie": PREDICTION,
+    "selfie": {
+        "svd": "recovers under 5% of the output's change (as low-rank students did in notes 12-20): accuracy "
+               "about that of repeating keyframes, below the rival at equal MACs",
+        "features": "far below delta-distilled (claim 1 holds, by 0.2 or more): a low-rank g(x_t) loses part "
+                    "of every feature and 40-odd such errors compound; TC well below the teacher's",
+        "delta": "above SVD only by 0.01-0.05, still below the rival at equal MACs (no low-rank student has "
+                 "beaten it yet); TC at or above the teacher's",
+        "sparse": "beats the rival on bikes (as in the README), draws or loses on static-hands (note 33)",
+    },
+    # centernet, written after selfie's run and before centernet's (first 100 frames of each video)
+    "centernet": {
+        "svd": "as on selfie: recovers under 5% of the output's change (0-5% for low-rank students on "
+               "centernet, README); mAP50 within 0.02 of repeating keyframes at the same K, below the rival "
+               "at equal MACs on both videos",
+        "features": "far below delta-distilled (claim 1 holds, by 0.3 or more mAP50; 89 convs compound more "
+                    "than selfie's 50, and mAP50 flips on small heatmap errors): mAP50 under 0.4; TC well "
+                    "below the teacher's",
+        "delta": "within 0.02 of SVD only (200 steps move it no more than 150 moved selfie's), below the rival "
+                 "at equal MACs on both videos; TC at or above the teacher's",
+        "sparse": "beats the rival on bikes at K=4 and 8 (README: +0.09, +0.15 on the whole video); on "
+                  "static-hands saves more than 2.2x and draws or loses, as selfie's did",
+    },    # IS-Net, written before its first run (a smoke run of 3 steps and 8 frames only)
     "isnet": {  # IS-Net's calibrated splits keep real ranks (a 1-clip trial: most layers 5-120), not selfie's 1
         "svd": "within 0.03 of the keyframe repeated at the same K, either side (plain-SVD splits of 114 convs: each "
                "loses part of the delta and the errors compound, as low-rank students did in notes 12-20); "
@@ -284,7 +295,6 @@ def body(args: argparse.Namespace, results: dict[str, Any]) -> str:
     counts: dict[str, int] = {}
     for kind, _ in results["choices"].values():
         counts[kind] = counts.get(kind, 0) + 1
-    prediction = PREDICTIONS.get(args.teacher, PREDICTION)
     sizes = {"x".join(map(str, r["size"])) for r in scores.values() if r.get("size")}
     window = ""
     if s.get("frames") or s.get("start"):
@@ -316,8 +326,9 @@ def body(args: argparse.Namespace, results: dict[str, Any]) -> str:
                    else f"no, {riv['margin']:+.3f}")
         lines.append(f"| {LABEL[row]} | {v} | {k} | {r['mac_ratio']:.2f}x | {r['metric']} {r['accuracy']:.3f} | "
                      f"{r['tc_teacher']:.3f} / {r['tc_model']:.3f} | {riv['value']:.3f} (K={riv['interval']:.2f}) | "
-                     f"{verdict} | {prediction[row]} |")
-    lines += ["", "The trained models (checkpoints and `command.json` in `runs/claims/TEACHER/OBJECTIVE`):"]
+                     f"{verdict} | {PREDICTION[args.teacher][row]} |")
+    out_dir = os.path.relpath(args.out.resolve(), ROOT)
+    lines += ["", f"The trained models (checkpoints and `command.json` in `{out_dir}/{args.teacher}/OBJECTIVE`):"]
     for row in ("features", "delta"):
         log = args.out / args.teacher / row / "command.json"
         if log.is_file():
