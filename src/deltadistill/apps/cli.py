@@ -76,14 +76,13 @@ def _teacher(name: str, input_size: Optional[str], value_range: Optional[str], t
     return resolve_teacher(name, input_size=size, value_range=vr, task=task, frame_size=frame)
 
 
-def _fps_needs_tiles(fps: float, runtime: str) -> float | None:
+def _fps_needs_tiles(fps: float, runtime: str) -> None:
     """``--fps`` holds time with the tile runtime's thresholds: it means nothing to another runtime."""
     from deltadistill.runtime.streams import RuntimeChoiceError
 
     if fps and runtime != "tiles":
         raise RuntimeChoiceError(f"--fps needs --runtime tiles (got --runtime {runtime}); "
                                  "--target holds a MAC ratio on any runtime")
-    return fps or None
 
 
 def _fail(e: BaseException) -> None:
@@ -346,7 +345,7 @@ def bench(
                                       scene_cut=scene_cut or None, runtime=runtime,
                                       crop={"threshold": crop_threshold, "margin": margin or None, "reach": reach,
                                             "threshold_scale": threshold_scale, "guard": guard,
-                                            "fps": _fps_needs_tiles(fps, runtime)},
+                                            "fps": fps or None},
                                       engines=ENGINES if fastest else None, target=target,
                                       rate={"mode": rate_mode})
         if sweep:
@@ -518,7 +517,7 @@ def run(
                              jsonl=lines, threads=threads or None, scene_cut=scene_cut or None,
                              progress=len(videos) == 1, backend=backend, runtime=runtime,
                              crop={"threshold": crop_threshold, "threshold_scale": threshold_scale,
-                                   "guard": guard, "fps": _fps_needs_tiles(fps, runtime)},
+                                   "guard": guard, "fps": fps or None},
                              background=background)
 
         if len(videos) == 1 and out_dir is None and not render:

@@ -7,7 +7,8 @@ costs are computed analytically from their geometry. What is left out: elementwi
 ``z_k + g(.)``, the subtraction ``x_t - x_k``, BN, activations, resizes, pooling) and bias adds.
 
 A deployed keyframe also runs each linear student once, to store ``c = z_k - g(x_k)``; that is
-counted (not under the feature objective, whose delta frames need nothing of the keyframe). A data-dependent student (`SparseStudent`) is counted at its calibrated expectation here;
+counted (not under the feature objective, whose delta frames need nothing of the keyframe). A
+data-dependent student (`SparseStudent`) is counted at its calibrated expectation here;
 `measured_delta_macs` gives what the last delta frame really cost, which reports use instead.
 """
 

@@ -455,36 +455,13 @@ class TiledStream(_TeacherCosted):
             out["rate"] = {**s.rate.report(), "reachable_fps": self.reachable}
         return out
 
-    @torch.no_grad()
     def _check_rate(self, fps: float, setup: StreamSetup) -> None:
-        """Before any work: the dense teacher's time, and the tile stream's on a still grey frame (a
-        keyframe, then a delta frame in which nothing moved). Refuses, in one line, a rate that neither
-        reaches."""
-        import statistics
-        import time
-
+        """Before any work: refuse, in one line, a rate that neither the dense teacher nor tiles on a
+        still frame reach (`GuardedTiles.time_still`)."""
         from .tile_rate import reachable_fps
 
-        g, k = self.stream, setup.keyframe_interval
-        x = torch.full((1, 3, *setup.size), 0.5)
-
-        def timed(fn: Callable[[Tensor], Any]) -> float:
-            t0 = time.perf_counter()
-            fn(x)
-            return (time.perf_counter() - t0) * 1e3
-
-        g.dense(x)
-        dense_ms = statistics.median(timed(g.dense) for _ in range(3))
-        g.tiles.reset()
-        g.tiles(x)  # builds the handlers (and compiles the OpenVINO keyframe): set-up
-        keys, floors = [], []
-        for _ in range(3):  # medians of three: one slow run (the host) must not refuse a rate
-            g.tiles.reset()
-            keys.append(timed(g.tiles))
-            floors.append(timed(g.tiles))
-        key_ms, floor_ms = statistics.median(keys), statistics.median(floors)
-        g.seed_dense_ms = [dense_ms] * 3
-        g.reset()
+        k = setup.keyframe_interval
+        dense_ms, key_ms, floor_ms = self.stream.time_still(torch.full((1, 3, *setup.size), 0.5))
         self.reachable = max(reachable_fps(key_ms, floor_ms, k), 1000.0 / dense_ms)
         if fps > self.reachable:
             raise RuntimeChoiceError(

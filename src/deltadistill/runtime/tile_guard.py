@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..stream.policies import frame_change
@@ -136,6 +137,30 @@ class GuardedTiles:
         elif self._interval_done() and statistics.mean(spent) > budget:
             self._trip(statistics.mean(self.interval_change), at_once=False)
         return out
+
+    @torch.no_grad()
+    def time_still(self, x: Tensor, runs: int = 3) -> tuple[float, float, float]:
+        """ms of the dense teacher, of a keyframe and of a delta frame in which nothing moved, on the
+        still frame ``x`` (medians of ``runs``: one slow run of the host must not decide), after the
+        set-up runs (the engine's first, the keyframe that builds the stream). The dense time seeds
+        the guard (`seed_dense_ms`); the stream is reset after."""
+        def ms(fn: Callable[[Tensor], Any]) -> float:
+            t0 = self.clock()
+            fn(x)
+            return (self.clock() - t0) * 1e3
+
+        self.dense(x)
+        dense = statistics.median(ms(self.dense) for _ in range(runs))
+        self.tiles.reset()
+        self.tiles(x)
+        keys, floors = [], []
+        for _ in range(runs):
+            self.tiles.reset()
+            keys.append(ms(self.tiles))
+            floors.append(ms(self.tiles))
+        self.seed_dense_ms = [dense] * runs
+        self.reset()
+        return dense, statistics.median(keys), statistics.median(floors)
 
     def _interval_done(self) -> bool:
         """Whether the keyframe interval that began with the last keyframe is whole: the policy's ``k``

@@ -66,9 +66,10 @@ class FrameRate:
             self.scale = min(self.max_scale, max(self.min_scale, self.scale * ratio))
         return self.scale
 
-    def window_fps(self) -> list[float]:
-        """The frame rate over every run of ``window`` frames (sliding), or over all of them if fewer."""
-        ms = self.frames_ms
+    def window_fps(self, skip: int = 0) -> list[float]:
+        """The frame rate over every run of ``window`` frames (sliding) after the first ``skip``, or over
+        all of them if fewer."""
+        ms = self.frames_ms[skip:]
         n = min(self.window, len(ms))
         if n == 0:
             return []
@@ -78,11 +79,7 @@ class FrameRate:
         """The target, what was achieved, and whether every window (after ``skip`` set-up frames) held
         within ``tolerance``."""
         ms = self.frames_ms[skip:]
-        saved, self.frames_ms = self.frames_ms, ms
-        try:
-            windows = self.window_fps()
-        finally:
-            self.frames_ms = saved
+        windows = self.window_fps(skip)
         achieved = 1000.0 * len(ms) / sum(ms) if ms else 0.0
         held = bool(windows) and all(abs(w - self.fps) <= self.tolerance * self.fps or w > self.fps for w in windows)
         return {"fps": self.fps, "achieved_fps": achieved, "window": self.window,
