@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import deltadistill as dd
 from deltadistill.apps.bench import evaluate_on_video
@@ -129,7 +130,9 @@ def build(teacher: nn.Module, objective: str, choices: dict[str, list]) -> nn.Mo
     layers = dict(delta_layers(model))
     if set(layers) != set(choices):
         raise SystemExit(f"the calibrated layers {sorted(choices)[:3]}... do not match the model's")
-    for name, (kind, rank) in choices.items():
+    todo = sum(kind == "compressed" and (name, rank) not in _SPLITS for name, (kind, rank) in choices.items())
+    for name, (kind, rank) in tqdm(choices.items(), desc=f"{objective}: SVD of {todo} kernel splits",
+                                   disable=not todo):
         layer = layers[name]
         assert isinstance(layer, DeltaConv2d)
         if kind == "compressed":
@@ -157,7 +160,7 @@ def trained(teacher: nn.Module, objective: str, choices: dict[str, list], clips:
     log.write_text(json.dumps({"objective": objective, "runs": runs, "command": runs[-1]["command"]}, indent=1))
     t0 = time.time()
     dd.distill(model, clips, steps=args.steps, lr=args.lr, seed=0, out_dir=out, resume=True,
-               checkpoint_every=args.checkpoint_every, progress=False)
+               checkpoint_every=args.checkpoint_every, progress=True)
     print(f"{objective}: {args.steps} steps in {time.time() - t0:.0f} s (this run)", flush=True)
     return model
 

@@ -266,14 +266,15 @@ def calibrate(model: nn.Module, data: Any, *, budget: float, clips: int = 16,
     if objective == "output":
         sens, change = output_sensitivity(model, items, covs, probes=probes, with_compressed="compressed" in students,
                                           with_sparse="sparse" in students, progress=progress)
-        hulls = {n: _hull(_output_options(m, sens[n], students)) for n, m in layers.items()}
+        hulls = {n: _hull(_output_options(m, sens[n], students))
+                 for n, m in tqdm(layers.items(), desc="calibrate: pricing options", disable=not progress)}
     else:
         hulls = {n: _hull(_options(m, covs[n], students)) for n, m in layers.items()}
     pick = allocate(hulls, budget * report.teacher - fixed)
     config = model.delta_report.config
     result = CalibrationResult(budget=budget, cost=0.0, clips=len(items), objective=objective)
     total, lost = fixed, 0.0
-    for n, m in layers.items():
+    for n, m in tqdm(layers.items(), desc="calibrate: building students", disable=not progress):
         macs, err, kind, param = hulls[n][pick[n]]
         rank, threshold = (param, None) if kind == "compressed" else (None, None)
         if kind == "compressed":
