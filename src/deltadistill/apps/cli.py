@@ -52,6 +52,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 INPUT_SIZE_HELP = ("HxW to run the teacher at (imported graphs with open sizes default to the video's frame "
                    "size, rounded up to the multiple their strides need)")
 VALUE_RANGE_HELP = "imported graphs: what the graph expects for black,white, e.g. -1,1 (default 0,1)"
+THRESHOLD_SCALE_HELP = "--runtime tiles: a factor on every layer's threshold"
+GUARD_HELP = ("--runtime tiles: where tiles cost more than this times the fastest dense teacher, run it instead "
+              "until the input quiets (0: tiles always)")
+FPS_HELP = ("--runtime tiles: hold this frame rate on measured time, turning every threshold (refused at once "
+            "where it cannot be held; 0: off)")
 TASK_HELP = ("imported graphs: map (score the output maps against the teacher's) or segmentation "
              "(channel 0 is a foreground probability); default map")
 
@@ -258,11 +263,9 @@ def bench(
     runtime: str = typer.Option("dense", help="dense: the delta model, every op on whole maps; crop: the teacher "
                                 "itself rerun only on boxes around what moved (needs no delta model); tiles: a "
                                 "sparse model's delta frames computed only at the pixels its thresholds pass"),
-    threshold_scale: float = typer.Option(1.0, min=0.0, help="--runtime tiles: a factor on every layer's threshold"),
-    guard: float = typer.Option(1.0, min=0.0, help="--runtime tiles: where tiles cost more than this times the "
-                                "fastest dense teacher, run it instead until the input quiets (0: tiles always)"),
-    fps: float = typer.Option(0.0, min=0.0, help="--runtime tiles: hold this frame rate on measured time, "
-                              "turning every threshold (refused at once where it cannot be held; 0: off)"),
+    threshold_scale: float = typer.Option(1.0, min=0.0, help=THRESHOLD_SCALE_HELP),
+    guard: float = typer.Option(1.0, min=0.0, help=GUARD_HELP),
+    fps: float = typer.Option(0.0, min=0.0, help=FPS_HELP),
     crop_threshold: float = typer.Option(0.05, min=0.0, help="--runtime crop: a tile is recomputed once a pixel "
                                          "moved this far (share of the input's range; 0.05 is 13 grey levels)"),
     margin: int = typer.Option(0, min=0, help="--runtime crop: context around each box, input pixels "
@@ -428,11 +431,9 @@ def run(
     runtime: str = typer.Option("dense", help="dense; crop: no delta model, the teacher rerun only on boxes "
                                 "around what moved (torch or openvino); tiles: a sparse model's delta frames "
                                 "computed only at the pixels its thresholds pass (torch)"),
-    threshold_scale: float = typer.Option(1.0, min=0.0, help="--runtime tiles: a factor on every layer's threshold"),
-    guard: float = typer.Option(1.0, min=0.0, help="--runtime tiles: where tiles cost more than this times the "
-                                "fastest dense teacher, run it instead until the input quiets (0: tiles always)"),
-    fps: float = typer.Option(0.0, min=0.0, help="--runtime tiles: hold this frame rate on measured time, "
-                              "turning every threshold (refused at once where it cannot be held; 0: off)"),
+    threshold_scale: float = typer.Option(1.0, min=0.0, help=THRESHOLD_SCALE_HELP),
+    guard: float = typer.Option(1.0, min=0.0, help=GUARD_HELP),
+    fps: float = typer.Option(0.0, min=0.0, help=FPS_HELP),
     crop_threshold: float = typer.Option(0.05, min=0.0, help="--runtime crop: how far a pixel must move for its "
                                          "tile to be recomputed (share of the input's range)"),
     keyframe_interval: int = typer.Option(4, min=1),
