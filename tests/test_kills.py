@@ -27,10 +27,20 @@ from deltadistill.train.checkpointing import latest
 from tests.test_train import clips, fresh
 torch.set_num_threads(1)
 out, log = sys.argv[1], sys.argv[2]
-last = latest(out + "/checkpoints") if len(sys.argv) > 3 else None  # a broken one raises: exit 1, not -9
+flags = sys.argv[3:]
+last = latest(out + "/checkpoints") if "resume" in flags else None  # a broken one raises: exit 1, not -9
 start = int(last.name.split("-")[1]) if last is not None else 0
 progress = open(log, "w")
 progress.write(f"start {{start}}\\n"); progress.flush()
+if "hold" in flags:  # stop inside the next checkpoint write, its optimiser file written, so a kill lands there
+    import time
+    import deltadistill.train.checkpointing as ckpt
+    write = ckpt.save_file
+    def held(*args, **kwargs):
+        write(*args, **kwargs)
+        progress.write("writing\\n"); progress.flush()
+        time.sleep(60)
+    ckpt.save_file = held
 def loss(student, teacher, target):
     progress.write("step\\n"); progress.flush()
     return torch.nn.functional.mse_loss(student, teacher)
@@ -39,9 +49,11 @@ dd.distill(fresh(), clips(n=6), steps={STEPS}, out_dir=out, checkpoint_every={EV
 """
 
 
-def _launch(out: Path, log: Path, resumed: bool) -> subprocess.Popen:
+def _launch(out: Path, log: Path, resumed: bool, hold: bool = False) -> subprocess.Popen:
+    """The driver; ``hold``: it stops inside its next checkpoint write (for a kill to land there)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.Popen([sys.executable, "-c", DRIVER, str(out), str(log), *(["resume"] if resumed else [])],
+    flags = ["resume"] * resumed + ["hold"] * hold
+    return subprocess.Popen([sys.executable, "-c", DRIVER, str(out), str(log), *flags],
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -77,9 +89,11 @@ def _half_written(out: Path) -> set[str]:
 def kill_and_resume(root: Path, kills_wanted: int = 20, seed: int = 11) -> dict:
     """Run `distill` once whole, then again killed ``kills_wanted`` times and resumed each time.
 
-    Of every five kills one lands in start-up (imports, loading the checkpoint), one just as a
-    checkpoint step ends (in or next to its write), and three 0-0.6 s into training (a checkpoint
-    every 5 steps, about 0.3 s). Returns what the kills left behind.
+    Of every five kills one lands in start-up (imports, loading the checkpoint), one inside a
+    checkpoint write (the driver holds there: on a loaded machine a kill timed by the clock alone
+    can miss every write), one just as a checkpoint step ends (in or next to its write), and two
+    0-0.6 s into training (a checkpoint every 5 steps, about 0.3 s). Returns what the kills left
+    behind.
     """
     clean = root / "clean"
     p = _launch(clean, root / "clean.log", resumed=False)
@@ -91,11 +105,13 @@ def kill_and_resume(root: Path, kills_wanted: int = 20, seed: int = 11) -> dict:
     while True:
         log = root / f"run{launches}.log"
         before = _half_written(out)
-        p = _launch(out, log, resumed=launches > 0)
+        p = _launch(out, log, resumed=launches > 0, hold=kills < kills_wanted and kills % 5 == 2)
         launches += 1
         if kills < kills_wanted:
             if kills % 5 == 4:
                 time.sleep(rng.uniform(0.1, 1.0))
+            elif kills % 5 == 2:  # inside a checkpoint write, whatever the machine's load
+                _wait_for(log, p, lambda step: "writing" in log.read_text())
             elif kills % 5 == 3:
                 first = None
 
