@@ -111,7 +111,7 @@ def kill_and_resume(root: Path, kills_wanted: int = 20, seed: int = 11) -> dict:
             if kills % 5 == 4:
                 time.sleep(rng.uniform(0.1, 1.0))
             elif kills % 5 == 2:  # inside a checkpoint write, whatever the machine's load
-                _wait_for(log, p, lambda step: "writing" in log.read_text())
+                _wait_for(log, p, lambda step, log=log: "writing" in log.read_text())
             elif kills % 5 == 3:
                 first = None
 
