@@ -27,8 +27,8 @@ def main(kills_wanted: int = 20, seed: int = 11) -> None:
     lost = r["lost"]
     diff = max(float((r["clean"][k] - r["killed"][k]).abs().max()) for k in r["clean"])
     body = (f"`distill` (tiny model, {STEPS} steps, a checkpoint every {EVERY}) killed with SIGKILL "
-            f"{r['kills']} times (seed {seed}): one kill in five during start-up, the rest 0-1.5 s into "
-            "training, and resumed each time.\n\n"
+            f"{r['kills']} times (seed {seed}): one kill in five during start-up, one inside a checkpoint "
+            "write (the driver holds there), the rest 0-1.5 s into training, and resumed each time.\n\n"
             "| kills | launches | in start-up | with a checkpoint write half-done | steps lost per kill (max / mean) "
             "| broken checkpoint loaded | final weights vs uninterrupted run (max abs) | wall clock, all runs |\n"
             "|---|---|---|---|---|---|---|---|\n"
