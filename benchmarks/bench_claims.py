@@ -86,7 +86,8 @@ PREDICTION = {
                  "at equal MACs on both videos; TC at or above the teacher's",
         "sparse": "beats the rival on bikes at K=4 and 8 (README: +0.09, +0.15 on the whole video); on "
                   "static-hands saves more than 2.2x and draws or loses, as selfie's did",
-    },    # IS-Net, written before its first run (a smoke run of 3 steps and 8 frames only)
+    },
+    # IS-Net, written before its first run (a smoke run of 3 steps and 8 frames only)
     "isnet": {  # IS-Net's calibrated splits keep real ranks (a 1-clip trial: most layers 5-120), not selfie's 1
         "svd": "within 0.03 of the keyframe repeated at the same K, either side (plain-SVD splits of 114 convs: each "
                "loses part of the delta and the errors compound, as low-rank students did in notes 12-20); "

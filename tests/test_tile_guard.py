@@ -171,3 +171,17 @@ def test_a_guarded_stream_is_amortised_by_the_mean_of_its_frames() -> None:
     by_k = Comparison(4, ms_delta=ms, is_key=keys, warmup=2)
     by_mean = Comparison(4, ms_delta=ms, is_key=keys, warmup=2, by_mean=True)
     assert by_k.delta_ms == pytest.approx(4.0) and by_mean.delta_ms == pytest.approx(52 / 8)
+
+
+def test_the_dense_engine_is_set_up_once_not_at_every_reset() -> None:
+    """Catches: the untimed set-up run repeated after each `reset` (a whole dense frame wasted per video)."""
+    teacher = isnet_like()
+    calls = []
+    clock = Clock({"dense": 10.0, "key": 22.0, "delta": 15.0})
+    g = GuardedTiles(TileStream(sparse_model(isnet_like(), 0.0), 4, warn=False),
+                     lambda x: calls.append(1) or teacher(x), clock=clock)
+    clock.stream = g
+    run(g, clock, uniform([0.3]))
+    g.reset()
+    run(g, clock, uniform([0.3]))
+    assert len(calls) == 3 and g.dense_ms == [10.0]

@@ -56,6 +56,7 @@ class GuardedTiles:
         #: the dense teacher's ms as measured before the stream (`TiledStream`'s rate check): every reset
         #: starts from it, so that one frame's time does not decide alone
         self.seed_dense_ms: list[float] = []
+        self.warmed = False  # the dense engine's first run (its set-up) is done: once, not once per reset
         self.reset()
 
     def reset(self) -> None:
@@ -92,8 +93,9 @@ class GuardedTiles:
         self.counts["trips"] += 1
 
     def __call__(self, frame: Tensor) -> Any:
-        if self.mode == "dense" and self.counts["dense"] == 0 and not self.seed_dense_ms:
+        if not self.warmed:
             self.dense(frame)  # the engine's first run sets itself up: not the teacher's time
+            self.warmed = True
         t0 = self.clock()  # the whole frame, the guard's own work too, is what a rate must hold
         change = float(frame_change(self.prev, frame)[0]) if self.prev is not None else 0.0
         self.prev = frame
@@ -150,6 +152,7 @@ class GuardedTiles:
             return (self.clock() - t0) * 1e3
 
         self.dense(x)
+        self.warmed = True
         dense = statistics.median(ms(self.dense) for _ in range(runs))
         self.tiles.reset()
         self.tiles(x)
